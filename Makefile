@@ -1,0 +1,60 @@
+# Two commands on a fresh machine:
+#   make demo   train on BasicMotions (or reuse), start Kafka and the service, replay, report
+#   make test   install everything, start Kafka, lint, type-check and run every test
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all install kafka-start kafka-stop lint typecheck test test-unit demo demo-frames bench tools clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+	deploy/local/kafka.sh status >/dev/null 2>&1 || true
+	@test -n "$$(ls -A deploy/local/target/libs 2>/dev/null)" || \
+	  mvn -q -B -f deploy/local/pom.xml dependency:copy-dependencies -DoutputDirectory=target/libs -DincludeScope=runtime
+
+tools:
+	deploy/tools/install.sh
+
+kafka-start: install
+	deploy/local/kafka.sh start
+
+kafka-stop:
+	deploy/local/kafka.sh stop
+
+lint: install
+	$(BIN)/ruff check stream_infer engines tests benches
+	$(BIN)/ruff format --check stream_infer engines tests benches
+
+typecheck: install
+	$(BIN)/mypy
+
+test-unit: install
+	$(BIN)/pytest -m "not integration" -q
+
+# The broker is started by the test session itself (tests/conftest.py) and stopped when it ends
+# if the session started it.
+test: install tools lint typecheck
+	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/stream-infer demo
+
+demo-frames: install
+	$(BIN)/stream-infer demo --kind frame
+
+bench: install
+	$(BIN)/stream-infer bench all
+
+clean:
+	deploy/local/kafka.sh stop || true
+	rm -rf .local artifacts

@@ -1,0 +1,70 @@
+"""Records that flow through the pipeline, one batch at a time.
+
+Every record is a frozen, slotted dataclass holding numpy arrays for a whole batch, so the hot
+path works column-wise instead of on one Python object per event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class SampleBatch:
+    """Decoded samples in arrival order, possibly many per message and many per entity."""
+
+    entities: list[str]  # [N] entity id of each sample
+    seq: np.ndarray  # [N] int64 per-entity sequence number
+    event_ms: np.ndarray  # [N] int64 event time, ms since the epoch
+    values: np.ndarray  # [N, *sample_shape] float32
+    partition: np.ndarray  # [N] int32 source partition
+
+    def __len__(self) -> int:
+        return len(self.entities)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowBatch:
+    """Windows that completed a hop, in per-entity order; one entity may appear several times."""
+
+    slots: np.ndarray  # [M] int64 slot of each window's entity
+    entities: list[str]  # [M]
+    seq: np.ndarray  # [M] int64 seq of the window's last sample
+    event_ms: np.ndarray  # [M] int64 event time of the window's last sample
+    fresh: np.ndarray  # [M] bool: start from zero state (new entity or reset)
+    x: np.ndarray  # [M, W, *sample_shape] float32
+    enqueued_s: float  # monotonic time the batch left the window store
+
+    def __len__(self) -> int:
+        return len(self.entities)
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionBatch:
+    """Engine outputs for one engine call, ready to publish."""
+
+    entities: list[str]  # [B]
+    seq: np.ndarray  # [B] int64
+    event_ms: np.ndarray  # [B] int64
+    scores: np.ndarray  # [B, K] float32
+    queue_wait_s: np.ndarray  # [B] float64 time from window completion to engine start
+    engine_s: float  # wall time of the engine call
+
+    def __len__(self) -> int:
+        return len(self.entities)
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidMessage:
+    """A message that failed decoding; goes to the dead-letter topic with its reason."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    reason: str
+    detail: str
