@@ -1,0 +1,71 @@
+"""HTTP endpoints: ``/metrics`` (Prometheus text format), ``/healthz`` and ``/readyz``.
+
+``/healthz`` answers 200 while the run loop is alive (it made progress within
+``stall_timeout_s``); ``/readyz`` answers 200 once the engine is loaded and partitions are
+assigned. Served from a daemon thread so it never blocks the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+logger = logging.getLogger(__name__)
+
+
+class Health:
+    """Liveness and readiness flags the run loop updates."""
+
+    def __init__(self, stall_timeout_s: float = 60.0) -> None:
+        self.stall_timeout_s = stall_timeout_s
+        self.last_beat = time.monotonic()
+        self.engine_loaded = False
+        self.partitions_assigned = False
+        self.stopping = False
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return time.monotonic() - self.last_beat < self.stall_timeout_s
+
+    @property
+    def ready(self) -> bool:
+        return self.engine_loaded and self.partitions_assigned and not self.stopping
+
+
+def serve_http(health: Health, port: int, host: str = "0.0.0.0",
+               registry: CollectorRegistry = REGISTRY) -> ThreadingHTTPServer:
+    """Start the endpoints on ``host:port`` (port 0 picks a free one; see ``server_port``)."""
+
+    routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+        "/metrics": lambda: (200, generate_latest(registry), CONTENT_TYPE_LATEST),
+        "/healthz": lambda: (200, b"ok\n", "text/plain") if health.alive
+        else (503, b"stalled\n", "text/plain"),
+        "/readyz": lambda: (200, b"ready\n", "text/plain") if health.ready
+        else (503, b"not ready\n", "text/plain"),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            route = routes.get(self.path.split("?", 1)[0])
+            status, body, ctype = route() if route else (404, b"not found\n", "text/plain")
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            logger.debug("http: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server
