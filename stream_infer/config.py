@@ -1,0 +1,225 @@
+"""Typed settings, read from a YAML file and ``STREAM_INFER_*`` environment variables.
+
+Environment variables override the file; nested keys use ``__`` (``STREAM_INFER_KAFKA__BOOTSTRAP_SERVERS``).
+Unknown keys and invalid values fail at start with a message that names them. Secrets are
+``SecretStr`` (never printed) and may come from files (``*_file``), as Kubernetes mounts them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from stream_infer.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "stream-infer"
+    group_id: str = "stream-infer"
+    # Static membership: a stable id per pod (the StatefulSet pod name) avoids a rebalance on restart.
+    group_instance_id: str | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(45_000, ge=6_000)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    max_poll_records: int = Field(5_000, ge=1)
+    fetch_max_bytes: int = Field(52_428_800, ge=1024)
+    max_partition_fetch_bytes: int = Field(4_194_304, ge=1024)
+    request_timeout_ms: int = Field(30_000, ge=1_000)
+    reconnect_backoff_max_ms: int = Field(5_000, ge=50)
+    linger_ms: int = Field(5, ge=0)
+    producer_batch_bytes: int = Field(262_144, ge=1024)
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism is None or self.sasl_username is None:
+                raise ValueError("SASL needs kafka.sasl_mechanism and kafka.sasl_username")
+            if self.sasl_password is None and self.sasl_password_file is None:
+                raise ValueError("SASL needs kafka.sasl_password or kafka.sasl_password_file")
+        return self
+
+    def password(self) -> str | None:
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            try:
+                return self.sasl_password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"kafka.sasl_password_file {self.sasl_password_file}: {exc}") from exc
+        return None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection and security settings shared by every kafka-python client."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                      sasl_plain_password=self.password())
+        if self.security_protocol.endswith("SSL"):
+            kw.update(ssl_cafile=_s(self.ssl_cafile), ssl_certfile=_s(self.ssl_certfile),
+                      ssl_keyfile=_s(self.ssl_keyfile), ssl_check_hostname=self.ssl_check_hostname,
+                      ssl_password=self.ssl_password.get_secret_value() if self.ssl_password else None)
+        return kw
+
+
+def _s(p: Path | None) -> str | None:
+    return str(p) if p is not None else None
+
+
+class TopicSettings(_Section):
+    input: str = "sensor-events"
+    output: str = "predictions"
+    dead_letter: str | None = None  # default: "<input>.dlq"
+    changelog: str | None = None  # default: "<group_id>.<input>.state"
+    create: bool = True  # create missing topics at start (changelog always compacted)
+    output_partitions: int | None = Field(None, ge=1)  # default: as many as the input
+
+
+class ModelSettings(_Section):
+    artifact: Path = Path("artifacts/basicmotions")
+    backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
+    device: str = "cpu"
+
+
+class InputSettings(_Section):
+    format: Literal["json", "f32", "image"] = "json"
+    max_message_bytes: int = Field(4_194_304, ge=16)
+    max_samples_per_message: int = Field(10_000, ge=1)
+
+
+class EntitySettings(_Section):
+    max_entities: int = Field(100_000, ge=1)
+    idle_ttl_s: float = Field(3600.0, gt=0)
+    # A forward jump in seq larger than this resets the entity's window and state.
+    max_seq_gap: int = Field(100, ge=1)
+
+
+class BatcherSettings(_Section):
+    max_batch: int = Field(256, ge=1, le=65_536)
+    max_wait_ms: float = Field(20.0, ge=0)
+    # Backpressure: input partitions pause above this many queued windows, resume below half.
+    max_queue_windows: int = Field(16_384, ge=1)
+
+
+class DeliverySettings(_Section):
+    guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    commit_interval_ms: int = Field(1_000, ge=10)
+    transactional_id: str | None = None  # default: "<group_id>-<group_instance_id or client_id>"
+    transaction_timeout_ms: int = Field(60_000, ge=1_000)
+
+
+class MetricsSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(9100, ge=0, le=65_535)
+    lag_interval_s: float = Field(5.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """All settings of one service instance."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAM_INFER_", env_nested_delimiter="__",
+                                      extra="forbid", frozen=True)
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    model: ModelSettings = ModelSettings()
+    input: InputSettings = InputSettings()
+    entities: EntitySettings = EntitySettings()
+    batcher: BatcherSettings = BatcherSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    metrics: MetricsSettings = MetricsSettings()
+    shutdown_grace_s: float = Field(30.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs by load_settings).
+        return (env_settings, init_settings)
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.topics.dead_letter or f"{self.topics.input}.dlq"
+
+    @property
+    def changelog_topic(self) -> str:
+        return self.topics.changelog or f"{self.kafka.group_id}.{self.topics.input}.state"
+
+    @property
+    def instance_id(self) -> str:
+        return self.kafka.group_instance_id or self.kafka.client_id
+
+    @property
+    def transactional_id(self) -> str:
+        return self.delivery.transactional_id or f"{self.kafka.group_id}-{self.instance_id}"
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``path`` (YAML), then env vars, then ``overrides`` (nested dicts).
+
+    Raises ``ConfigError`` naming every unknown or invalid key.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read settings file: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the settings file must hold a mapping at the top level")
+        data = loaded
+    data = _merge(data, overrides)
+    if not data.get("kafka", {}).get("group_instance_id") and os.environ.get("POD_NAME"):
+        data.setdefault("kafka", {})["group_instance_id"] = os.environ["POD_NAME"]
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {_msg(e)}" for e in exc.errors())
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}invalid settings: {problems}") from None
+
+
+def _msg(err: Any) -> str:
+    if err.get("type") == "extra_forbidden":
+        return "unknown setting"
+    return str(err.get("msg", "invalid"))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
