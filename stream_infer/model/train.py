@@ -1,0 +1,290 @@
+"""Training, the way the model is served.
+
+A sensor recording becomes its sequence of hop windows (stride ``hop``); the LSTM runs over that
+sequence with state carried from hop to hop, truncated every ``bptt`` hops (state detached, not
+reset), and the loss is taken at every hop, so the model has a prediction at every hop from the
+first one on. Frame models see sequences of frames of one class.
+
+Runs are seeded and deterministic on CPU: same data + arguments -> same weights (and version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from stream_infer.errors import DataError
+from stream_infer.model.card import WEIGHTS_FILE, ModelCard
+from stream_infer.model.datasets import Frames, Recordings, hop_windows
+from stream_infer.model.net import CNNLSTM, FrameCNNLSTM, SensorCNNLSTM
+
+logger = logging.getLogger(__name__)
+
+MODEL_VERSION = "1"
+
+
+def train_sensor(recordings: Recordings, out_dir: str | Path, name: str = "basicmotions-cnnlstm",
+                 window: int = 20, hop: int = 10, epochs: int = 60, hidden: int = 64, layers: int = 1,
+                 lr: float = 3e-3, seed: int = 0, progress: bool = True, batch_size: int = 8,
+                 bptt: int = 32, conv_channels: int = 32, export: bool = True) -> ModelCard:
+    """Train a :class:`SensorCNNLSTM` on the ``train`` split, evaluate on ``test``, write the
+    artifact (``model.json``, ``weights.pt``, ``model.onnx`` when ``export``) to ``out_dir``."""
+    if window < 1 or not 1 <= hop <= window:
+        raise DataError(f"need window >= 1 and 1 <= hop <= window, got window={window} hop={hop}")
+    train, test = recordings.subset("train"), recordings.subset("test")
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(f"{recordings.dataset}: need train and test recordings, got "
+                        f"{len(train)} train and {len(test)} test")
+    for r, n in zip(recordings.values, recordings.names, strict=True):
+        if r.shape[0] < window:
+            raise DataError(f"{recordings.dataset}: recording {n!r} has {r.shape[0]} samples, "
+                            f"fewer than one window ({window})")
+    classes = recordings.classes
+    label_idx = {c: i for i, c in enumerate(classes)}
+    samples = np.concatenate(train.values)
+    mean = samples.mean(axis=0)
+    std = samples.std(axis=0)
+    std = np.where(std > 1e-6, std, 1.0)
+
+    started = time.perf_counter()
+    with _training_context(seed):
+        model = SensorCNNLSTM(recordings.n_channels, len(classes), hidden, layers, conv_channels,
+                              mean.tolist(), std.tolist())
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=epochs * -(-len(train) // batch_size))
+        rng = np.random.default_rng(seed)
+        targets = np.array([label_idx[y] for y in train.labels])
+        noise = 0.02 * std.astype(np.float32)
+        bar = tqdm(range(epochs), desc=f"train {name}", disable=not progress, unit="epoch")
+        for _ in bar:
+            model.train()
+            losses = []
+            for batch in _batches(rng.permutation(len(train)), batch_size):
+                seqs = []
+                for i in batch:
+                    rec = train.values[i]
+                    offset = int(rng.integers(0, min(hop, rec.shape[0] - window + 1)))
+                    aug = rec * rng.uniform(0.9, 1.1) + rng.normal(size=rec.shape) * noise
+                    seqs.append(hop_windows(aug.astype(np.float32), window, hop, offset))
+                xs, mask = _pad(seqs)
+                losses.append(_tbptt_step(model, opt, xs, mask, targets[batch], bptt))
+                sched.step()
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+        train_s = time.perf_counter() - started
+        model.eval()
+        accuracy = _evaluate_sensor(model, test, window, hop, label_idx)
+    accuracy["split"] = "test"
+    card = ModelCard(
+        name=name, version="", kind="sensor", window=window, hop=hop,
+        sample_shape=[recordings.n_channels], labels=list(classes), lstm_layers=layers,
+        hidden_size=hidden, norm_mean=mean.tolist(), norm_std=std.tolist(),
+        conv_channels=conv_channels, channels=list(recordings.channels), accuracy=accuracy,
+        training={"dataset": recordings.dataset, "split": recordings.split_rule, "epochs": epochs,
+                  "seed": seed, "n_train": len(train), "n_test": len(test), "lr": lr,
+                  "batch_size": batch_size, "bptt_hops": bptt, "train_s": round(train_s, 2)},
+    )
+    return _write_artifact(model, card, Path(out_dir), export)
+
+
+def train_frames(frames: Frames, out_dir: str | Path, name: str = "lfw-cnnlstm", seq_len: int = 8,
+                 epochs: int = 30, hidden: int = 64, layers: int = 1, lr: float = 3e-3, seed: int = 0,
+                 progress: bool = True, batch_size: int = 16, sequences_per_epoch: int = 128,
+                 conv_channels: int = 16, export: bool = True) -> ModelCard:
+    """Train a :class:`FrameCNNLSTM` on sequences of ``seq_len`` augmented frames of one class
+    (a stand-in for consecutive frames of one stream), evaluate on held-out frames."""
+    classes = frames.classes
+    label_idx = {c: i for i, c in enumerate(classes)}
+    labels = np.array([label_idx[y] for y in frames.labels])
+    is_test = np.array([s == "test" for s in frames.split])
+    train_x, train_y = frames.images[~is_test], labels[~is_test]
+    test_x, test_y = frames.images[is_test], labels[is_test]
+    if len(train_x) == 0 or len(test_x) == 0:
+        raise DataError(f"{frames.dataset}: need train and test frames")
+    chans = frames.images.shape[1]
+    mean = train_x.mean(axis=(0, 2, 3))
+    std = train_x.std(axis=(0, 2, 3))
+    by_class = [np.flatnonzero(train_y == k) for k in range(len(classes))]
+
+    started = time.perf_counter()
+    with _training_context(seed):
+        model = FrameCNNLSTM(chans, len(classes), hidden, layers, conv_channels, mean.tolist(), std.tolist())
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        steps = epochs * -(-sequences_per_epoch // batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+        rng = np.random.default_rng(seed)
+        bar = tqdm(range(epochs), desc=f"train {name}", disable=not progress, unit="epoch")
+        for _ in bar:
+            model.train()
+            losses = []
+            for _ in range(-(-sequences_per_epoch // batch_size)):
+                ys = rng.integers(0, len(classes), size=batch_size)
+                idx = np.stack([rng.choice(by_class[k], size=seq_len) for k in ys])
+                xs = _augment_frames(train_x[idx], rng)  # [B, T, C, H, W]
+                losses.append(_tbptt_step(model, opt, xs, np.ones(idx.shape, bool), ys, seq_len))
+                sched.step()
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+        train_s = time.perf_counter() - started
+        model.eval()
+        accuracy = _evaluate_frames(model, test_x, test_y, seq_len, seed)
+    accuracy["split"] = "test"
+    card = ModelCard(
+        name=name, version="", kind="frame", window=1, hop=1, sample_shape=list(frames.images.shape[1:]),
+        labels=list(classes), lstm_layers=layers, hidden_size=hidden, norm_mean=mean.tolist(),
+        norm_std=std.tolist(), conv_channels=conv_channels, accuracy=accuracy,
+        training={"dataset": frames.dataset, "split": frames.split_rule, "epochs": epochs, "seed": seed,
+                  "n_train": int(len(train_x)), "n_test": int(len(test_x)), "seq_len": seq_len, "lr": lr,
+                  "batch_size": batch_size, "sequences_per_epoch": sequences_per_epoch,
+                  "input": "raw pixels 0..255", "train_s": round(train_s, 2)},
+    )
+    return _write_artifact(model, card, Path(out_dir), export)
+
+
+def predict_recording(model: CNNLSTM, values: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """Offline reference: scores ``[n_hops, K]`` for one ``[T, F]`` recording from zero state,
+    exactly what the service should emit for it hop by hop."""
+    xs = torch.from_numpy(hop_windows(values, window, hop))[None]
+    with torch.inference_mode():
+        y, _, _ = model.forward_sequence(xs)
+    return y[0].numpy()
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+
+def _tbptt_step(model: CNNLSTM, opt: torch.optim.Optimizer, xs: np.ndarray, mask: np.ndarray,
+                targets: np.ndarray, bptt: int) -> float:
+    """One pass over a batch of hop sequences ``xs [B, T, ...]``, truncated every ``bptt`` hops;
+    one optimiser step per chunk. Returns the mean loss."""
+    x = torch.from_numpy(xs)
+    m = torch.from_numpy(mask)
+    y = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    h, c = model.zero_state(x.shape[0])
+    total = 0.0
+    chunks = 0
+    for start in range(0, x.shape[1], bptt):
+        logits, h, c = model.forward_sequence(x[:, start:start + bptt], h, c)
+        chunk_mask = m[:, start:start + bptt]
+        losses = nn.functional.cross_entropy(
+            logits.transpose(1, 2), y[:, None].expand_as(chunk_mask), reduction="none")
+        loss = (losses * chunk_mask).sum() / chunk_mask.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        h, c = h.detach(), c.detach()
+        total += float(loss.detach())
+        chunks += 1
+    return total / max(chunks, 1)
+
+
+def _evaluate_sensor(model: CNNLSTM, test: Recordings, window: int, hop: int,
+                     label_idx: dict[str, int]) -> dict[str, float | int]:
+    hits_hop = hits_end = n_hops = 0
+    for values, label in zip(test.values, test.labels, strict=True):
+        pred = predict_recording(model, values, window, hop).argmax(axis=1)
+        k = label_idx[label]
+        hits_hop += int((pred == k).sum())
+        hits_end += int(pred[-1] == k)
+        n_hops += len(pred)
+    return {"per_hop": hits_hop / n_hops, "at_end": hits_end / len(test), "n_recordings": len(test),
+            "n_hops": n_hops}
+
+
+def _evaluate_frames(model: CNNLSTM, test_x: np.ndarray, test_y: np.ndarray, seq_len: int,
+                     seed: int, per_class: int = 20) -> dict[str, float | int]:
+    """Single-frame accuracy over every held-out frame, and per-hop / at-end accuracy over
+    seeded sequences of ``seq_len`` held-out frames of one class (no augmentation)."""
+    rng = np.random.default_rng(seed + 1)
+    with torch.inference_mode():
+        x = torch.from_numpy(test_x)
+        y, _, _ = model(x, *model.zero_state(len(x)))
+        single = float((y.argmax(1).numpy() == test_y).mean())
+        seqs, ys = [], []
+        for k in np.unique(test_y):
+            pool = np.flatnonzero(test_y == k)
+            for _ in range(per_class):
+                seqs.append(test_x[rng.choice(pool, size=seq_len, replace=len(pool) < seq_len)])
+                ys.append(k)
+        out, _, _ = model.forward_sequence(torch.from_numpy(np.stack(seqs)))
+        pred = out.argmax(2).numpy()  # [N, T]
+    truth = np.array(ys)[:, None]
+    return {"single_frame": single, "per_hop": float((pred == truth).mean()),
+            "at_end": float((pred[:, -1] == truth[:, 0]).mean()), "n_frames": int(len(test_x)),
+            "n_sequences": len(seqs), "seq_len": seq_len}
+
+
+def _augment_frames(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[B, T, C, H, W] 0..255: random flip, shift of up to 2 px, brightness/contrast jitter."""
+    b, t, _, h, w = x.shape
+    out = np.empty_like(x)
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 0), (2, 2), (2, 2)), mode="edge")
+    for i in range(b):
+        for j in range(t):
+            dy, dx = rng.integers(0, 5, size=2)
+            img = padded[i, j, :, dy:dy + h, dx:dx + w]
+            out[i, j] = img[..., ::-1] if rng.random() < 0.5 else img
+    gain = rng.uniform(0.8, 1.2, size=(b, t, 1, 1, 1))
+    bias = rng.uniform(-20, 20, size=(b, t, 1, 1, 1))
+    return np.clip(out * gain + bias, 0, 255).astype(np.float32)
+
+
+def _pad(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Hop sequences of different lengths -> ``[B, T_max, ...]`` zero-padded and a [B, T] mask."""
+    t = max(len(s) for s in seqs)
+    xs = np.zeros((len(seqs), t, *seqs[0].shape[1:]), dtype=np.float32)
+    mask = np.zeros((len(seqs), t), dtype=bool)
+    for i, s in enumerate(seqs):
+        xs[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return xs, mask
+
+
+def _batches(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
+
+
+@contextlib.contextmanager
+def _training_context(seed: int) -> Iterator[None]:
+    """Seeded, deterministic, at most 2 intra-op threads; global torch settings restored after."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _write_artifact(model: CNNLSTM, card: ModelCard, out_dir: Path, export: bool) -> ModelCard:
+    """weights.pt, then model.json with a version derived from the weights, then model.onnx."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].numpy().tobytes())
+    card = dataclasses.replace(card, version=f"{MODEL_VERSION}+{digest.hexdigest()[:10]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out_dir / WEIGHTS_FILE)
+    card.save(out_dir)
+    if export:
+        from stream_infer.model.export import export_onnx
+
+        export_onnx(out_dir)
+    logger.info("wrote %s to %s: accuracy %s", card.model_id, out_dir, card.accuracy)
+    return card
