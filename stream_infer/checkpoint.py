@@ -1,0 +1,123 @@
+"""The commit path. Its order is the delivery guarantee, so it is written down here.
+
+at-least-once (default)::
+
+    1. drain     the inference thread runs every queued window; predictions are sent
+    2. flush     predictions and dead letters acknowledged by the broker (acks=all)
+    3. changelog one record per entity touched since the last checkpoint, tombstones for
+                 evicted ones; flushed
+    4. commit    the consumed offsets
+
+A crash anywhere before 4 replays the input from the previous commit. Entities whose changelog
+record already holds the newer state drop the replayed samples as duplicates (seq); the others
+recompute the same predictions from the same state, so duplicates are confined to the last
+commit interval and identifiable by (entity, seq).
+
+exactly-once::
+
+    1. drain     as above, inside the open transaction
+    2. changelog as above, inside the transaction
+    3. offsets   send_offsets_to_transaction(offsets, consumer group metadata)
+    4. commit    commit_transaction(); begin_transaction() for the next interval
+
+Predictions, changelog and offsets become visible to ``read_committed`` readers together or
+not at all. A failed transaction is fatal for the process: it exits and its replacement
+restores the last committed state (the transactional id fences this instance).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from kafka import TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from stream_infer import changelog
+
+if TYPE_CHECKING:
+    from stream_infer.service import Service
+
+logger = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    def __init__(self, service: Service, exactly_once: bool) -> None:
+        self.svc = service
+        self.eos = exactly_once
+        self.offsets: dict[TopicPartition, int] = {}  # next offset to read, per partition
+        self._committed: dict[TopicPartition, int] = {}
+        self.closed = False
+        if exactly_once:
+            service.producer.init_transactions()
+            service.producer.begin_transaction()
+
+    def track(self, records: list[Any]) -> None:
+        """Remember the next offset per partition; called for every polled record batch."""
+        for r in records:  # records of a partition arrive in offset order
+            self.offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self.offsets.pop(tp, None)
+            self._committed.pop(tp, None)
+
+    def checkpoint(self) -> None:
+        if self.closed:
+            return
+        svc = self.svc
+        t0 = time.perf_counter()
+        svc.worker.drain()
+        svc.evict_idle()
+        if not self.eos:
+            svc.sink.flush()
+        n = svc.sink.changelog(self._changelog_records())
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.offsets.items()
+                   if self._committed.get(tp) != o}
+        if self.eos:
+            if offsets:
+                svc.producer.send_offsets_to_transaction(offsets, svc.consumer.group_metadata())
+            svc.producer.commit_transaction()
+            svc.sink.raise_errors()
+            svc.producer.begin_transaction()
+        else:
+            svc.sink.flush()
+            if offsets:
+                self._commit(offsets)
+        for tp, om in offsets.items():
+            self._committed[tp] = om.offset
+        svc.metrics.commits.inc()
+        svc.metrics.commit_time.observe(time.perf_counter() - t0)
+        if n or offsets:
+            logger.debug("checkpoint: %d state records, %d partitions", n, len(offsets))
+
+    @retry(retry=retry_if_exception_type(KafkaError), wait=wait_exponential(0.2, max=5),
+           stop=stop_after_delay(300), reraise=True)
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        try:
+            self.svc.consumer.commit(offsets)
+        except KafkaError as exc:
+            self.svc.metrics.kafka_errors.labels("commit").inc()
+            logger.warning("offset commit failed, retrying: %s", exc)
+            raise
+
+    def _changelog_records(self) -> list[tuple[bytes, bytes | None, int]]:
+        svc = self.svc
+        out: list[tuple[bytes, bytes | None, int]] = [(e.encode(), None, p) for e, p in svc.tombstones.items()]
+        svc.tombstones.clear()
+        slots = np.flatnonzero(svc.dirty)
+        if len(slots):
+            svc.dirty[slots] = False
+            w = svc.windows
+            h, c = svc.slab.read(slots)
+            values = changelog.encode_many(svc.card.model_id, w.last_seq[slots], w.last_event_ms[slots],
+                                           w.count[slots], w.fresh[slots], w.tail[slots], h, c)
+            ents = svc.slots.entity
+            parts = svc.slots.partition[slots].tolist()
+            out.extend((ents[s].encode(), v, p)  # type: ignore[union-attr]
+                       for s, v, p in zip(slots.tolist(), values, parts, strict=True))
+        return out

@@ -1,0 +1,253 @@
+"""Kafka messages -> samples, per input format. Documented in docs/formats.md.
+
+``json``   value: ``{"seq": int, "ts": ms | ISO-8601, "values": [F numbers]}`` or a list of them.
+``f32``    value: little-endian float32 ``[n, F]``; headers ``seq`` (of the first sample; the
+           others follow it) and ``ts`` (event time, ms, shared by the n samples).
+``image``  value: one JPEG or PNG frame; headers ``seq`` and ``ts``; converted to the model's
+           channels and size, scaled to [0, 1].
+
+The key is the entity id (UTF-8). A message that breaks any rule becomes an ``InvalidMessage``
+with a stable reason and never reaches a window. Good messages of the same poll are decoded in
+bulk: one numpy conversion per poll, not per message.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import orjson
+
+from stream_infer.errors import DecodeError
+from stream_infer.records import InvalidMessage, SampleBatch
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["json", "f32", "image"]
+
+REASONS = ("missing_key", "bad_key", "oversized", "undecodable", "wrong_shape", "wrong_dtype",
+           "non_finite", "bad_timestamp", "bad_seq", "bad_image", "too_many_samples")
+
+
+class Record(Protocol):
+    """The fields of a Kafka consumer record that decoding uses."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeResult:
+    samples: SampleBatch
+    invalid: list[InvalidMessage]
+    messages: int
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Decodes a poll's records for one model's sample shape."""
+
+    format: Format
+    sample_shape: tuple[int, ...]  # [F] or [C, H, W]
+    max_message_bytes: int = 4_194_304
+    max_samples_per_message: int = 10_000
+
+    def decode(self, records: Sequence[Record]) -> DecodeResult:
+        entities: list[str] = []
+        seqs: list[int] = []
+        times: list[int] = []
+        parts: list[int] = []
+        values: list[Any] = []  # per format: lists of numbers, raw bytes, or arrays
+        counts: list[int] = []  # samples per accepted message
+        accepted: list[Record] = []
+        invalid: list[InvalidMessage] = []
+        parse = {"json": self._parse_json, "f32": self._parse_f32, "image": self._parse_image}[self.format]
+        for rec in records:
+            try:
+                entity = _entity(rec)
+                if rec.value is None:
+                    raise DecodeError("undecodable", "empty value (tombstone)")
+                if len(rec.value) > self.max_message_bytes:
+                    raise DecodeError("oversized", f"{len(rec.value)} bytes > {self.max_message_bytes}")
+                s, t, v = parse(rec)
+            except DecodeError as err:
+                invalid.append(_invalid(rec, err))
+                continue
+            n = len(s)
+            entities.extend([entity] * n)
+            seqs.extend(s)
+            times.extend(t)
+            parts.extend([rec.partition] * n)
+            values.append(v)
+            counts.append(n)
+            accepted.append(rec)
+        arr, bad = self._stack(values, counts)
+        if bad.any():  # non-finite values: reject whole messages, keep the rest
+            keep_msg = ~bad
+            for i in np.flatnonzero(bad):
+                invalid.append(_invalid(accepted[i], DecodeError("non_finite", "NaN or inf in values")))
+            keep = np.repeat(keep_msg, counts)
+            arr = arr[keep]
+            idx = np.flatnonzero(keep)
+            entities = [entities[i] for i in idx]
+            seqs = [seqs[i] for i in idx]
+            times = [times[i] for i in idx]
+            parts = [parts[i] for i in idx]
+        batch = SampleBatch(
+            entities=entities,
+            seq=np.asarray(seqs, dtype=np.int64),
+            event_ms=np.asarray(times, dtype=np.int64),
+            values=arr,
+            partition=np.asarray(parts, dtype=np.int32),
+        )
+        return DecodeResult(batch, invalid, len(records))
+
+    # --- per format: (seqs, event times, values) of one message; raise DecodeError ---
+
+    def _parse_json(self, rec: Record) -> tuple[list[int], list[int], list[Any]]:
+        try:
+            doc = orjson.loads(rec.value)  # type: ignore[arg-type]
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError("undecodable", f"not JSON: {exc}") from None
+        items = doc if isinstance(doc, list) else [doc]
+        if not items:
+            raise DecodeError("wrong_shape", "empty sample list")
+        if len(items) > self.max_samples_per_message:
+            raise DecodeError("too_many_samples", f"{len(items)} samples > {self.max_samples_per_message}")
+        f = self.sample_shape[0]
+        seqs, times, vals = [], [], []
+        for it in items:
+            if not isinstance(it, dict):
+                raise DecodeError("wrong_shape", "each sample must be an object with seq and values")
+            v = it.get("values")
+            if not isinstance(v, list) or len(v) != f:
+                raise DecodeError("wrong_shape", f"values must be a list of {f} numbers")
+            if not all(type(x) in (int, float) for x in v):
+                raise DecodeError("wrong_dtype", "values must be numbers")
+            seqs.append(_seq(it.get("seq")))
+            times.append(_ts(it.get("ts"), rec.timestamp))
+            vals.append(v)
+        return seqs, times, vals
+
+    def _parse_f32(self, rec: Record) -> tuple[list[int], list[int], Any]:
+        value = rec.value or b""
+        row = 4 * int(np.prod(self.sample_shape))
+        if len(value) == 0 or len(value) % row:
+            raise DecodeError("wrong_shape", f"{len(value)} bytes is not a multiple of {row} (F float32)")
+        n = len(value) // row
+        if n > self.max_samples_per_message:
+            raise DecodeError("too_many_samples", f"{n} samples > {self.max_samples_per_message}")
+        h = _headers(rec)
+        first = _seq(_header_int(h, "seq"))
+        ts = _ts(h.get("ts"), rec.timestamp)
+        return list(range(first, first + n)), [ts] * n, value
+
+    def _parse_image(self, rec: Record) -> tuple[list[int], list[int], Any]:
+        from PIL import Image, UnidentifiedImageError
+
+        c, hgt, wid = self.sample_shape
+        h = _headers(rec)
+        seq = _seq(_header_int(h, "seq"))
+        ts = _ts(h.get("ts"), rec.timestamp)
+        try:
+            with Image.open(io.BytesIO(rec.value or b"")) as img:
+                if img.format not in ("JPEG", "PNG"):
+                    raise DecodeError("bad_image", f"format {img.format} is not JPEG or PNG")
+                img = img.convert("L" if c == 1 else "RGB")
+                if img.size != (wid, hgt):
+                    img = img.resize((wid, hgt), Image.Resampling.BILINEAR)
+                a = np.asarray(img, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DecodeError("bad_image", str(exc)) from None
+        a = a[None] if c == 1 else a.transpose(2, 0, 1)
+        return [seq], [ts], a[None]
+
+    def _stack(self, values: list[Any], counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """All accepted messages' values as one [N, *sample_shape] float32 array, and a
+        per-message flag for non-finite values."""
+        shape = self.sample_shape
+        if not values:
+            return np.empty((0, *shape), np.float32), np.zeros(0, bool)
+        if self.format == "json":
+            flat = [row for msg in values for row in msg]
+            arr = np.asarray(flat, dtype=np.float32).reshape(-1, *shape)
+        elif self.format == "f32":
+            arr = np.frombuffer(b"".join(values), dtype="<f4").reshape(-1, *shape)
+        else:
+            arr = np.concatenate(values).astype(np.float32, copy=False)
+        finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if finite.all():
+            return arr, np.zeros(len(counts), bool)
+        starts = np.cumsum([0, *counts[:-1]])
+        bad_msg = ~np.logical_and.reduceat(finite, starts)
+        return arr, bad_msg
+
+
+def _entity(rec: Record) -> str:
+    if not rec.key:
+        raise DecodeError("missing_key", "the message has no key (the entity id)")
+    try:
+        return rec.key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("bad_key", "the key is not UTF-8") from None
+
+
+def _headers(rec: Record) -> dict[str, bytes]:
+    return {k: v for k, v in (rec.headers or ())}
+
+
+def _header_int(h: dict[str, bytes], name: str) -> Any:
+    raw = h.get(name)
+    if raw is None:
+        raise DecodeError("bad_seq", f"missing header {name!r}")
+    try:
+        return int(raw)
+    except ValueError:
+        raise DecodeError("bad_seq", f"header {name!r} is not an integer") from None
+
+
+def _seq(v: Any) -> int:
+    if type(v) is not int or v < 0 or v >= 2**62:
+        raise DecodeError("bad_seq", f"seq must be a non-negative integer, got {v!r:.40}")
+    return v
+
+
+def _ts(v: Any, fallback_ms: int) -> int:
+    """Event time in ms since the epoch: a number (ms), ISO-8601 text, or absent (record time)."""
+    if v is None:
+        return int(fallback_ms)
+    if isinstance(v, bytes):
+        v = v.decode("ascii", "replace")
+    if isinstance(v, bool):
+        raise DecodeError("bad_timestamp", "ts must be ms since the epoch or ISO-8601")
+    if isinstance(v, int | float):
+        if not np.isfinite(v) or not 0 <= v < 2**53:
+            raise DecodeError("bad_timestamp", f"ts {v!r} out of range")
+        return int(v)
+    if isinstance(v, str):
+        try:
+            if v.isdigit():
+                return int(v)
+            dt = datetime.fromisoformat(v)
+            if dt.tzinfo is None:  # naive times are UTC, never the host's zone
+                dt = dt.replace(tzinfo=timezone.utc)
+            return int(dt.timestamp() * 1000)
+        except ValueError:
+            raise DecodeError("bad_timestamp", f"cannot parse ts {v!r:.40}") from None
+    raise DecodeError("bad_timestamp", f"ts has type {type(v).__name__}")
+
+
+def _invalid(rec: Record, err: DecodeError) -> InvalidMessage:
+    return InvalidMessage(topic=rec.topic, partition=rec.partition, offset=rec.offset, key=rec.key,
+                          value=rec.value, headers=list(rec.headers or ()), reason=err.reason,
+                          detail=err.detail)

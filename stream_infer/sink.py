@@ -1,0 +1,114 @@
+"""Kafka producer side: predictions, dead letters and state changelog records.
+
+One idempotent producer (acks=all) carries all three, so per-key order holds and, in
+exactly-once mode, one transaction spans them together with the consumed offsets. Delivery
+failures are collected from the futures and raised at ``flush`` as ``SinkError``, so no offset is
+committed past a prediction that did not reach the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import orjson
+from kafka import KafkaProducer
+
+from stream_infer.batcher import Chunk
+from stream_infer.config import Settings
+from stream_infer.errors import SinkError
+from stream_infer.records import InvalidMessage
+
+logger = logging.getLogger(__name__)
+
+
+def make_producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
+    k = settings.kafka
+    kw: dict[str, Any] = dict(
+        k.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=k.linger_ms,
+        batch_size=k.producer_batch_bytes, retries=2**31 - 1, delivery_timeout_ms=300_000,
+        max_block_ms=300_000, compression_type=None if k.compression_type == "none" else k.compression_type,
+        max_request_size=max(4 * settings.input.max_message_bytes, 1_048_576),
+    )
+    if transactional_id:
+        kw.update(transactional_id=transactional_id,
+                  transaction_timeout_ms=settings.delivery.transaction_timeout_ms)
+    return KafkaProducer(**kw)
+
+
+class Sink:
+    """Publishes to the output, dead-letter and changelog topics."""
+
+    def __init__(self, producer: KafkaProducer, output_topic: str, dead_letter_topic: str,
+                 changelog_topic: str, model_id: str, labels: list[str]) -> None:
+        self.producer = producer
+        self.output_topic = output_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.changelog_topic = changelog_topic
+        self.model_id = model_id
+        self.labels = np.asarray(labels, dtype=object)
+        self._errors: list[BaseException] = []
+        self._lock = threading.Lock()
+
+    def _on_error(self, exc: BaseException) -> None:
+        with self._lock:
+            self._errors.append(exc)
+
+    def publish(self, batch: Chunk, scores: np.ndarray) -> np.ndarray:
+        """Send one prediction per window, keyed by entity; returns emit times [B] (ms)."""
+        emit_ms = time.time_ns() // 1_000_000
+        label_idx = scores.argmax(axis=1)
+        labels = self.labels[label_idx] if len(self.labels) == scores.shape[1] else label_idx.astype(str)
+        rows = scores.tolist()
+        send = self.producer.send
+        topic = self.output_topic
+        model = self.model_id
+        for ent, sq, ev, sc, lab in zip(batch.entities, batch.seq.tolist(), batch.event_ms.tolist(), rows,
+                                       labels.tolist(), strict=True):
+            doc = {"entity": ent, "seq": sq, "event_time_ms": ev, "emit_time_ms": emit_ms,
+                   "scores": sc, "label": lab, "model": model}
+            send(topic, key=ent.encode(), value=orjson.dumps(doc)).add_errback(self._on_error)
+        return np.full(len(batch), emit_ms, dtype=np.int64)
+
+    def dead_letter(self, invalid: Iterable[InvalidMessage]) -> int:
+        """Original key, value and headers, plus ``error.*`` and ``source.*`` headers."""
+        n = 0
+        for m in invalid:
+            headers = [h for h in m.headers if not h[0].startswith(("error.", "source."))]
+            headers += [("error.reason", m.reason.encode()), ("error.detail", m.detail[:500].encode()),
+                        ("source.topic", m.topic.encode()), ("source.partition", str(m.partition).encode()),
+                        ("source.offset", str(m.offset).encode())]
+            self.producer.send(self.dead_letter_topic, key=m.key, value=m.value,
+                               headers=headers).add_errback(self._on_error)
+            n += 1
+        return n
+
+    def changelog(self, records: Iterable[tuple[bytes, bytes | None, int]]) -> int:
+        """(key, value or None for a tombstone, partition) records, partitioned like the input."""
+        n = 0
+        for key, value, partition in records:
+            self.producer.send(self.changelog_topic, key=key, value=value,
+                               partition=partition).add_errback(self._on_error)
+            n += 1
+        return n
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait for every send so far; raise ``SinkError`` if any failed."""
+        self.producer.flush(timeout=timeout_s)
+        self.raise_errors()
+
+    def raise_errors(self) -> None:
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise SinkError(f"{len(errors)} records were not delivered: {errors[0]!r}")
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        try:
+            self.producer.close(timeout=timeout_s)
+        except Exception as exc:  # closing must not mask the shutdown path
+            logger.warning("producer close: %s", exc)
