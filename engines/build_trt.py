@@ -26,7 +26,9 @@ class PlanBuilder:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--precision", nargs="+", choices=["fp16", "fp32"], default=["fp16", "fp32"])
     parser.add_argument("--max-batch", type=int, default=4096)

@@ -1,6 +1,6 @@
 """Stage 1: export ``weights.pt`` to ``model.onnx`` (one LSTM step, dynamic batch) and check it.
 
-    python -m engines.export_onnx artifacts/basicmotions-cnnlstm
+python -m engines.export_onnx artifacts/basicmotions-cnnlstm
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ class OnnxExporter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("artifact", type=Path, help="artifact directory (model.json, weights.pt)")
     parser.add_argument("--opset", type=int, default=18)
     args = parser.parse_args(argv)
@@ -32,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     except StreamInferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{result.path}: {result.exporter} exporter, ops {', '.join(result.ops)}, "
-          f"onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")
+    print(
+        f"{result.path}: {result.exporter} exporter, ops {', '.join(result.ops)}, "
+        f"onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}"
+    )
     return 0
 
 

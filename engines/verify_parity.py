@@ -33,7 +33,9 @@ class ParityCheck:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--a", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     parser.add_argument("--a-device", default="cpu")
@@ -43,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tol", type=float, default=1e-5)
     args = parser.parse_args(argv)
     try:
-        reports = ParityCheck(args.artifact, args.a, args.a_device, args.b, args.b_device).run(tuple(args.batches))
+        reports = ParityCheck(args.artifact, args.a, args.a_device, args.b, args.b_device).run(
+            tuple(args.batches)
+        )
     except StreamInferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Streaming CNN-LSTM inference on Kafka.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Streaming CNN-LSTM inference on Kafka.",
+)
 
 # --- model commands: train, export, build-engine (stream_infer.model, engines/) ---
 
@@ -22,18 +26,28 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def train(
-    out: Path = typer.Option(..., "--out", help="Artifact directory to write (model.json, weights.pt, model.onnx)."),
-    dataset: str = typer.Option("basicmotions", help="Built-in dataset: basicmotions (sensor) or lfw (frames)."),
-    data: Path | None = typer.Option(None, help="Your own dataset directory (docs/data-format.md); overrides --dataset."),
+    out: Path = typer.Option(
+        ..., "--out", help="Artifact directory to write (model.json, weights.pt, model.onnx)."
+    ),
+    dataset: str = typer.Option(
+        "basicmotions", help="Built-in dataset: basicmotions (sensor) or lfw (frames)."
+    ),
+    data: Path | None = typer.Option(
+        None, help="Your own dataset directory (docs/data-format.md); overrides --dataset."
+    ),
     window: int = typer.Option(20, min=1, help="W: samples per window (sensor models)."),
     hop: int = typer.Option(10, min=1, help="k: samples between predictions, 1 <= k <= W."),
-    epochs: int | None = typer.Option(None, min=1, help="Epochs (60 for sensor data, 30 for lfw when omitted)."),
+    epochs: int | None = typer.Option(
+        None, min=1, help="Epochs (60 for sensor data, 30 for lfw when omitted)."
+    ),
     hidden: int = typer.Option(64, min=1, help="LSTM hidden size."),
     layers: int = typer.Option(1, min=1, help="LSTM layers."),
     lr: float = typer.Option(3e-3, min=0.0, help="Peak learning rate (one-cycle)."),
     seed: int = typer.Option(0, help="Seed for weights, shuffling, augmentation and hold-out."),
     split_by: str | None = typer.Option(None, help="labels.csv column whose groups are held out together."),
-    test_fraction: float = typer.Option(0.25, min=0.0, max=1.0, help="Hold-out fraction when labels.csv has no split column."),
+    test_fraction: float = typer.Option(
+        0.25, min=0.0, max=1.0, help="Hold-out fraction when labels.csv has no split column."
+    ),
     name: str | None = typer.Option(None, help="Model name in the card (from the dataset when omitted)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -45,20 +59,49 @@ def train(
     try:
         if data is not None:
             recs = datasets.load_recordings(data, split_by=split_by, test_fraction=test_fraction, seed=seed)
-            card = training.train_sensor(recs, out, name=name or f"{data.resolve().name}-cnnlstm", window=window,
-                                         hop=hop, epochs=epochs or 60, hidden=hidden, layers=layers, lr=lr,
-                                         seed=seed, progress=progress)
+            card = training.train_sensor(
+                recs,
+                out,
+                name=name or f"{data.resolve().name}-cnnlstm",
+                window=window,
+                hop=hop,
+                epochs=epochs or 60,
+                hidden=hidden,
+                layers=layers,
+                lr=lr,
+                seed=seed,
+                progress=progress,
+            )
         elif dataset == "basicmotions":
-            card = training.train_sensor(datasets.basic_motions(), out, name=name or "basicmotions-cnnlstm",
-                                         window=window, hop=hop, epochs=epochs or 60, hidden=hidden,
-                                         layers=layers, lr=lr, seed=seed, progress=progress)
+            card = training.train_sensor(
+                datasets.basic_motions(),
+                out,
+                name=name or "basicmotions-cnnlstm",
+                window=window,
+                hop=hop,
+                epochs=epochs or 60,
+                hidden=hidden,
+                layers=layers,
+                lr=lr,
+                seed=seed,
+                progress=progress,
+            )
         elif dataset == "lfw":
-            card = training.train_frames(datasets.lfw_frames(seed=seed), out, name=name or "lfw-cnnlstm",
-                                         epochs=epochs or 30, hidden=hidden, layers=layers, lr=lr, seed=seed,
-                                         progress=progress)
+            card = training.train_frames(
+                datasets.lfw_frames(seed=seed),
+                out,
+                name=name or "lfw-cnnlstm",
+                epochs=epochs or 30,
+                hidden=hidden,
+                layers=layers,
+                lr=lr,
+                seed=seed,
+                progress=progress,
+            )
         else:
-            raise typer.BadParameter(f"unknown dataset {dataset!r}: choose {' or '.join(_DATASETS)}",
-                                     param_hint="--dataset")
+            raise typer.BadParameter(
+                f"unknown dataset {dataset!r}: choose {' or '.join(_DATASETS)}", param_hint="--dataset"
+            )
     except StreamInferError as exc:
         raise _fail(exc) from None
     acc = ", ".join(f"{k}={v:.3f}" for k, v in card.accuracy.items() if isinstance(v, float))
@@ -66,7 +109,9 @@ def train(
 
 
 @app.command()
-def export(artifact: Path = typer.Argument(..., help="Artifact directory with model.json and weights.pt.")) -> None:
+def export(
+    artifact: Path = typer.Argument(..., help="Artifact directory with model.json and weights.pt."),
+) -> None:
     """Export ``weights.pt`` to ``model.onnx`` (x, h0, c0 -> y, hn, cn; dynamic batch) and check it."""
     from stream_infer.errors import StreamInferError
     from stream_infer.model.export import export_onnx
@@ -75,13 +120,17 @@ def export(artifact: Path = typer.Argument(..., help="Artifact directory with mo
         result = export_onnx(artifact)
     except StreamInferError as exc:
         raise _fail(exc) from None
-    typer.echo(f"{result.path} ({result.exporter} exporter, onnxruntime vs torch max |diff| {result.max_abs_diff:.2g})")
+    typer.echo(
+        f"{result.path} ({result.exporter} exporter, onnxruntime vs torch max |diff| {result.max_abs_diff:.2g})"
+    )
 
 
 @app.command("build-engine")
 def build_engine(
     artifact: Path = typer.Argument(..., help="Artifact directory with model.onnx."),
-    fp16: bool = typer.Option(True, "--fp16/--fp32", help="FP16 encoder and head (LSTM stays FP32), or all FP32."),
+    fp16: bool = typer.Option(
+        True, "--fp16/--fp32", help="FP16 encoder and head (LSTM stays FP32), or all FP32."
+    ),
     max_batch: int = typer.Option(4096, min=1, help="Largest batch of the optimisation profile."),
     opt_batch: int = typer.Option(256, min=1, help="Batch size TensorRT tunes for."),
 ) -> None:
@@ -91,7 +140,9 @@ def build_engine(
     try:
         from stream_infer.backends.trt_build import TrtBuilder
 
-        result = TrtBuilder(artifact, max_batch=max_batch, opt_batch=opt_batch).build("fp16" if fp16 else "fp32")
+        result = TrtBuilder(artifact, max_batch=max_batch, opt_batch=opt_batch).build(
+            "fp16" if fp16 else "fp32"
+        )
     except StreamInferError as exc:
         raise _fail(exc) from None
     typer.echo(f"{result.path} ({result.precision}, {result.seconds:.1f} s)")

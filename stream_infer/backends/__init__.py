@@ -14,8 +14,9 @@ BackendName = Literal["onnxruntime", "torch", "tensorrt"]
 __all__ = ["BackendName", "Engine", "EngineSpec", "load_engine"]
 
 
-def load_engine(artifact: str | Path, backend: BackendName = "onnxruntime", device: str = "cpu",
-                max_batch: int = 4096) -> Engine:
+def load_engine(
+    artifact: str | Path, backend: BackendName = "onnxruntime", device: str = "cpu", max_batch: int = 4096
+) -> Engine:
     """Open the engine for a model artifact directory on ``device`` ("cpu" or "cuda:N")."""
     artifact = Path(artifact)
     if backend == "onnxruntime":

@@ -21,7 +21,9 @@ class CudaStateSlab:
         self.c = torch.zeros(layers, capacity, hidden, dtype=torch.float32, device=self.device)
 
     def _index(self, slots: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int64)).to(self.device, non_blocking=True)
+        return torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int64)).to(
+            self.device, non_blocking=True
+        )
 
     def gather(self, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, c) [L, B, Hd] on the device, copies of the rows for ``slots``."""
@@ -43,5 +45,8 @@ class CudaStateSlab:
         return h.cpu().numpy(), c.cpu().numpy()
 
     def write(self, slots: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-        self.scatter(slots, torch.from_numpy(np.asarray(h, dtype=np.float32)),
-                     torch.from_numpy(np.asarray(c, dtype=np.float32)))
+        self.scatter(
+            slots,
+            torch.from_numpy(np.asarray(h, dtype=np.float32)),
+            torch.from_numpy(np.asarray(c, dtype=np.float32)),
+        )

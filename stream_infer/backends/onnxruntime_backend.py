@@ -27,8 +27,13 @@ def default_threads() -> int:
 class OrtEngine:
     name = "onnxruntime"
 
-    def __init__(self, artifact: str | Path, device: str = "cpu", max_batch: int = 4096,
-                 intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        artifact: str | Path,
+        device: str = "cpu",
+        max_batch: int = 4096,
+        intra_op_threads: int | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         artifact = Path(artifact)
@@ -45,8 +50,10 @@ class OrtEngine:
         self._device_id = int(device.split(":")[1]) if ":" in device else 0
         if self._cuda:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise EngineError(f"device {device!r} asked for, but this onnxruntime has no CUDA "
-                                  "provider (install onnxruntime-gpu)")
+                raise EngineError(
+                    f"device {device!r} asked for, but this onnxruntime has no CUDA "
+                    "provider (install onnxruntime-gpu)"
+                )
             providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self._device_id})]
         else:
             providers = ["CPUExecutionProvider"]
@@ -55,9 +62,13 @@ class OrtEngine:
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             raise ModelError(f"{path}: onnxruntime cannot load it: {exc}") from exc
         self.card = card
-        self.spec = EngineSpec(input_shape=card.input_shape, state_shape=card.state_shape,
-                               n_outputs=len(card.labels), max_batch=max_batch,
-                               device=f"cuda:{self._device_id}" if self._cuda else "cpu")
+        self.spec = EngineSpec(
+            input_shape=card.input_shape,
+            state_shape=card.state_shape,
+            n_outputs=len(card.labels),
+            max_batch=max_batch,
+            device=f"cuda:{self._device_id}" if self._cuda else "cpu",
+        )
 
     def infer(self, x: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
         """x [B, *input_shape], h0/c0 [L, B, Hd] float32 -> (y [B, K], hn, cn)."""
@@ -65,13 +76,20 @@ class OrtEngine:
         if batch > self.spec.max_batch:
             raise EngineError(f"batch of {batch} exceeds max_batch {self.spec.max_batch}")
         if tuple(x.shape[1:]) != self.spec.input_shape:
-            raise EngineError(f"x has shape {list(x.shape)}, expected [B, {', '.join(map(str, self.spec.input_shape))}]")
+            raise EngineError(
+                f"x has shape {list(x.shape)}, expected [B, {', '.join(map(str, self.spec.input_shape))}]"
+            )
         if self._cuda:
             return self._infer_cuda(x, h0, c0)
         try:
-            y, hn, cn = self._session.run(OUTPUTS, {"x": np.ascontiguousarray(x, dtype=np.float32),
-                                                    "h0": np.ascontiguousarray(h0, dtype=np.float32),
-                                                    "c0": np.ascontiguousarray(c0, dtype=np.float32)})
+            y, hn, cn = self._session.run(
+                OUTPUTS,
+                {
+                    "x": np.ascontiguousarray(x, dtype=np.float32),
+                    "h0": np.ascontiguousarray(h0, dtype=np.float32),
+                    "c0": np.ascontiguousarray(c0, dtype=np.float32),
+                },
+            )
         except Exception as exc:
             raise EngineError(f"onnxruntime failed on a batch of {batch}: {exc}") from exc
         return y, hn, cn
@@ -82,9 +100,11 @@ class OrtEngine:
         batch = x.shape[0]
         layers, hidden = self.spec.state_shape
         dev = x.device
-        outs = {"y": torch.empty(batch, self.spec.n_outputs, device=dev),
-                "hn": torch.empty(layers, batch, hidden, device=dev),
-                "cn": torch.empty(layers, batch, hidden, device=dev)}
+        outs = {
+            "y": torch.empty(batch, self.spec.n_outputs, device=dev),
+            "hn": torch.empty(layers, batch, hidden, device=dev),
+            "cn": torch.empty(layers, batch, hidden, device=dev),
+        }
         ins = {"x": x.contiguous(), "h0": h0.contiguous(), "c0": c0.contiguous()}  # kept alive
         binding = self._session.io_binding()
         for name, t in ins.items():

@@ -55,8 +55,10 @@ def real_inputs(card: ModelCard, batch: int, seed: int = 0) -> np.ndarray:
     else:
         recs = datasets.basic_motions()
         if recs.n_channels != card.sample_shape[0]:
-            raise ValueError(f"real inputs are BasicMotions ({recs.n_channels} channels); "
-                             f"model takes {card.sample_shape[0]}")
+            raise ValueError(
+                f"real inputs are BasicMotions ({recs.n_channels} channels); "
+                f"model takes {card.sample_shape[0]}"
+            )
         pool = np.concatenate([datasets.hop_windows(v, card.window, card.hop) for v in recs.values])
     return np.ascontiguousarray(pool[rng.integers(0, len(pool), size=batch)], dtype=np.float32)
 
@@ -66,12 +68,15 @@ def random_inputs(card: ModelCard, batch: int, seed: int = 0) -> np.ndarray:
     x = rng.standard_normal((batch, *card.input_shape)).astype(np.float32)
     if card.norm_mean:
         shape = (-1, 1, 1) if card.kind == "frame" else (-1,)
-        x = x * np.asarray(card.norm_std, np.float32).reshape(shape) + np.asarray(card.norm_mean, np.float32).reshape(shape)
+        x = x * np.asarray(card.norm_std, np.float32).reshape(shape) + np.asarray(
+            card.norm_mean, np.float32
+        ).reshape(shape)
     return x
 
 
-def compare(a: Engine, b: Engine, card: ModelCard, batches: tuple[int, ...] = (1, 7, 256),
-            seed: int = 0) -> list[ParityReport]:
+def compare(
+    a: Engine, b: Engine, card: ModelCard, batches: tuple[int, ...] = (1, 7, 256), seed: int = 0
+) -> list[ParityReport]:
     """Both engines on random and real inputs with random state, for each batch size."""
     rng = np.random.default_rng(seed)
     layers, hidden = card.state_shape
@@ -83,7 +88,9 @@ def compare(a: Engine, b: Engine, card: ModelCard, batches: tuple[int, ...] = (1
             c0 = (0.5 * rng.standard_normal((layers, batch, hidden))).astype(np.float32)
             out_a = a.infer(to_engine(x, a), to_engine(h0, a), to_engine(c0, a))
             out_b = b.infer(to_engine(x, b), to_engine(h0, b), to_engine(c0, b))
-            diff = {name: float(np.abs(to_host(p) - to_host(q)).max())
-                    for name, p, q in zip(("y", "hn", "cn"), out_a, out_b, strict=True)}
+            diff = {
+                name: float(np.abs(to_host(p) - to_host(q)).max())
+                for name, p, q in zip(("y", "hn", "cn"), out_a, out_b, strict=True)
+            }
             reports.append(ParityReport(kind, batch, diff))
     return reports

@@ -20,14 +20,17 @@ from stream_infer.model.card import load_card
 class TrtEngine:
     name = "tensorrt"
 
-    def __init__(self, artifact: str | Path, device: str = "cuda:0", max_batch: int = 4096,
-                 precision: str = "auto") -> None:
+    def __init__(
+        self, artifact: str | Path, device: str = "cuda:0", max_batch: int = 4096, precision: str = "auto"
+    ) -> None:
         trt = import_tensorrt()
         import torch
 
         if not device.startswith("cuda") or not torch.cuda.is_available():
-            raise EngineError(f"the tensorrt backend runs on a CUDA device, not {device!r} "
-                              f"(torch.cuda.is_available() is {torch.cuda.is_available()})")
+            raise EngineError(
+                f"the tensorrt backend runs on a CUDA device, not {device!r} "
+                f"(torch.cuda.is_available() is {torch.cuda.is_available()})"
+            )
         artifact = Path(artifact)
         self.card = load_card(artifact)
         self._device = torch.device(device)
@@ -37,9 +40,11 @@ class TrtEngine:
         candidates = [plan_path(artifact, p, trt.__version__, cc) for p in choices]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
-            raise ModelError(f"no TensorRT plan for TensorRT {trt.__version__} on sm{cc[0]}{cc[1]}: "
-                             f"looked for {', '.join(str(p) for p in candidates)} "
-                             f"(run `stream-infer build-engine {artifact}`)")
+            raise ModelError(
+                f"no TensorRT plan for TensorRT {trt.__version__} on sm{cc[0]}{cc[1]}: "
+                f"looked for {', '.join(str(p) for p in candidates)} "
+                f"(run `stream-infer build-engine {artifact}`)"
+            )
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
@@ -48,9 +53,13 @@ class TrtEngine:
         self._context = self._engine.create_execution_context()
         profile_max = self._engine.get_tensor_profile_shape("x", 0)[2][0]
         self.plan = path
-        self.spec = EngineSpec(input_shape=self.card.input_shape, state_shape=self.card.state_shape,
-                               n_outputs=len(self.card.labels), max_batch=min(max_batch, int(profile_max)),
-                               device=str(self._device))
+        self.spec = EngineSpec(
+            input_shape=self.card.input_shape,
+            state_shape=self.card.state_shape,
+            n_outputs=len(self.card.labels),
+            max_batch=min(max_batch, int(profile_max)),
+            device=str(self._device),
+        )
 
     def infer(self, x: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
         """x [B, *input_shape], h0/c0 [L, B, Hd] float32 CUDA tensors -> (y [B, K], hn, cn)."""
@@ -61,9 +70,11 @@ class TrtEngine:
             raise EngineError(f"batch of {batch} exceeds the plan's max batch {self.spec.max_batch}")
         layers, hidden = self.spec.state_shape
         ins: dict[str, Any] = {"x": x.contiguous(), "h0": h0.contiguous(), "c0": c0.contiguous()}
-        outs = {"y": torch.empty(batch, self.spec.n_outputs, device=self._device),
-                "hn": torch.empty(layers, batch, hidden, device=self._device),
-                "cn": torch.empty(layers, batch, hidden, device=self._device)}
+        outs = {
+            "y": torch.empty(batch, self.spec.n_outputs, device=self._device),
+            "hn": torch.empty(layers, batch, hidden, device=self._device),
+            "cn": torch.empty(layers, batch, hidden, device=self._device),
+        }
         ctx = self._context
         for name, t in ins.items():
             ctx.set_input_shape(name, tuple(t.shape))

@@ -50,8 +50,9 @@ class _GraphBucket:
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, artifact: str | Path, device: str = "cpu", max_batch: int = 4096,
-                 cuda_graphs: bool = False) -> None:
+    def __init__(
+        self, artifact: str | Path, device: str = "cpu", max_batch: int = 4096, cuda_graphs: bool = False
+    ) -> None:
         self._device = torch.device(device)
         if self._device.type == "cuda" and not torch.cuda.is_available():
             raise EngineError(f"device {device!r} asked for, but torch sees no CUDA device")
@@ -59,8 +60,13 @@ class TorchEngine:
         self._cuda = self._device.type == "cuda"
         self._graphs = cuda_graphs and self._cuda
         self._buckets: dict[int, _GraphBucket] = {}
-        self.spec = EngineSpec(input_shape=self.card.input_shape, state_shape=self.card.state_shape,
-                               n_outputs=len(self.card.labels), max_batch=max_batch, device=str(self._device))
+        self.spec = EngineSpec(
+            input_shape=self.card.input_shape,
+            state_shape=self.card.state_shape,
+            n_outputs=len(self.card.labels),
+            max_batch=max_batch,
+            device=str(self._device),
+        )
 
     def infer(self, x: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
         """x [B, *input_shape], h0/c0 [L, B, Hd] float32 -> (y [B, K], hn, cn): numpy on the
@@ -69,13 +75,17 @@ class TorchEngine:
         if batch > self.spec.max_batch:
             raise EngineError(f"batch of {batch} exceeds max_batch {self.spec.max_batch}")
         if tuple(x.shape[1:]) != self.spec.input_shape:
-            raise EngineError(f"x has shape {list(x.shape)}, expected [B, {', '.join(map(str, self.spec.input_shape))}]")
+            raise EngineError(
+                f"x has shape {list(x.shape)}, expected [B, {', '.join(map(str, self.spec.input_shape))}]"
+            )
         try:
             if not self._cuda:
                 with torch.inference_mode():
-                    y, hn, cn = self._model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                                            torch.from_numpy(np.ascontiguousarray(h0, dtype=np.float32)),
-                                            torch.from_numpy(np.ascontiguousarray(c0, dtype=np.float32)))
+                    y, hn, cn = self._model(
+                        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                        torch.from_numpy(np.ascontiguousarray(h0, dtype=np.float32)),
+                        torch.from_numpy(np.ascontiguousarray(c0, dtype=np.float32)),
+                    )
                 return y.numpy(), hn.numpy(), cn.numpy()
             if self._graphs:
                 return self._bucket(batch).run(x, h0, c0)  # type: ignore[return-value]

@@ -34,8 +34,21 @@ logger = logging.getLogger(__name__)
 Precision = Literal["fp16", "fp32"]
 TRT_DIR = "trt"
 FP32_OPS = frozenset({"LSTM", "Sub", "Div"})  # LSTM + input normalisation (raw values can exceed FP16)
-_MOVE_OPS = frozenset({"Slice", "Reshape", "Transpose", "Gather", "Unsqueeze", "Squeeze", "Concat",
-                       "Identity", "Flatten", "Split", "Expand"})
+_MOVE_OPS = frozenset(
+    {
+        "Slice",
+        "Reshape",
+        "Transpose",
+        "Gather",
+        "Unsqueeze",
+        "Squeeze",
+        "Concat",
+        "Identity",
+        "Flatten",
+        "Split",
+        "Expand",
+    }
+)
 
 
 def plan_path(artifact: Path, precision: str, trt_version: str, compute_capability: tuple[int, int]) -> Path:
@@ -49,8 +62,10 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt
     except ImportError as exc:
-        raise EngineError("the tensorrt backend needs the TensorRT Python package "
-                          "(pip install 'stream-infer[gpu]') and an NVIDIA GPU") from exc
+        raise EngineError(
+            "the tensorrt backend needs the TensorRT Python package "
+            "(pip install 'stream-infer[gpu]') and an NVIDIA GPU"
+        ) from exc
     return tensorrt
 
 
@@ -59,10 +74,17 @@ def convert_float16(model: onnx.ModelProto, keep_fp32: frozenset[str] = FP32_OPS
     ``keep_fp32``; graph inputs and outputs stay FP32 (Casts are inserted at the boundaries)."""
     model = onnx.shape_inference.infer_shapes(model)
     graph = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
         raise ModelError("convert_float16 does not handle graphs with subgraphs (If/Loop/Scan)")
-    floats = {v.name for v in (*graph.input, *graph.value_info, *graph.output)
-              if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    floats = {
+        v.name
+        for v in (*graph.input, *graph.value_info, *graph.output)
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT
+    }
     inits = {i.name: i for i in graph.initializer}
     floats |= {n for n, i in inits.items() if i.data_type == TensorProto.FLOAT}
     produced: dict[str, int] = {i.name: TensorProto.FLOAT for i in graph.input}
@@ -94,7 +116,7 @@ def convert_float16(model: onnx.ModelProto, keep_fp32: frozenset[str] = FP32_OPS
         return new
 
     for node in graph.node:
-        dtype = TensorProto.FLOAT if node.op_type in keep_fp32 else TensorProto.FLOAT16
+        dtype: int = TensorProto.FLOAT if node.op_type in keep_fp32 else TensorProto.FLOAT16
         if node.op_type in _MOVE_OPS:  # data movement keeps its input's precision (e.g. h0 slices)
             first = next((i for i in node.input if i in floats and i not in inits), None)
             if first is not None:
@@ -134,8 +156,9 @@ class BuildResult:
 class TrtBuilder:
     """Builds plans for one artifact on the current GPU."""
 
-    def __init__(self, artifact: str | Path, max_batch: int = 4096, opt_batch: int = 256,
-                 workspace_mib: int = 1024) -> None:
+    def __init__(
+        self, artifact: str | Path, max_batch: int = 4096, opt_batch: int = 256, workspace_mib: int = 1024
+    ) -> None:
         self.artifact = Path(artifact)
         self.card = load_card(self.artifact)
         self.onnx_path = self.artifact / ONNX_FILE
@@ -150,7 +173,11 @@ class TrtBuilder:
         if not torch.cuda.is_available():
             raise EngineError("building a TensorRT plan needs a CUDA GPU; torch sees none")
         self.compute_capability = torch.cuda.get_device_capability()
-        self.timing_cache = self.artifact / TRT_DIR / f"timing.trt{self.trt.__version__}.sm{self.compute_capability[0]}{self.compute_capability[1]}.cache"
+        self.timing_cache = (
+            self.artifact
+            / TRT_DIR
+            / f"timing.trt{self.trt.__version__}.sm{self.compute_capability[0]}{self.compute_capability[1]}.cache"
+        )
 
     def build(self, precision: Precision = "fp16") -> BuildResult:
         import time
@@ -175,9 +202,13 @@ class TrtBuilder:
         for b_min, b_opt, b_max in [(1, self.opt_batch, self.max_batch)]:
             profile.set_shape("x", (b_min, *item), (b_opt, *item), (b_max, *item))
             for state in ("h0", "c0"):
-                profile.set_shape(state, (layers, b_min, hidden), (layers, b_opt, hidden), (layers, b_max, hidden))
+                profile.set_shape(
+                    state, (layers, b_min, hidden), (layers, b_opt, hidden), (layers, b_max, hidden)
+                )
         config.add_optimization_profile(profile)
-        cache = config.create_timing_cache(self.timing_cache.read_bytes() if self.timing_cache.is_file() else b"")
+        cache = config.create_timing_cache(
+            self.timing_cache.read_bytes() if self.timing_cache.is_file() else b""
+        )
         config.set_timing_cache(cache, ignore_mismatch=False)
         plan = builder.build_serialized_network(network, config)
         if plan is None:

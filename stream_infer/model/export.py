@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,15 @@ def load_model(artifact: str | Path, device: str = "cpu") -> tuple[ModelCard, CN
     except FileNotFoundError as exc:
         raise ModelError(f"{path}: missing weights") from exc
     except (RuntimeError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: weights do not load into the model of {artifact / 'model.json'}: {exc}") from exc
+        raise ModelError(
+            f"{path}: weights do not load into the model of {artifact / 'model.json'}: {exc}"
+        ) from exc
     return card, model.to(device).eval()
 
 
-def example_inputs(card: ModelCard, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def example_inputs(
+    card: ModelCard, batch: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random (x, h0, c0) of the right shapes; x on the scale of the training data."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *card.input_shape, generator=g)
@@ -104,8 +109,13 @@ def _export_dynamo(model: CNNLSTM, args: tuple[torch.Tensor, ...], opset: int) -
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with _quiet():
         program = torch.onnx.export(
-            model, args, dynamo=True, opset_version=opset, input_names=INPUT_NAMES,
-            output_names=OUTPUT_NAMES, dynamic_shapes={"x": {0: batch}, "h0": {1: batch}, "c0": {1: batch}},
+            model,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_shapes={"x": {0: batch}, "h0": {1: batch}, "c0": {1: batch}},
             verbose=False,
         )
     assert program is not None
@@ -114,15 +124,27 @@ def _export_dynamo(model: CNNLSTM, args: tuple[torch.Tensor, ...], opset: int) -
 
 
 def _export_legacy(model: CNNLSTM, args: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with _quiet():
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        path = Path(tmp) / ONNX_FILE
         torch.onnx.export(
-            model, args, buf, dynamo=False, opset_version=opset, input_names=INPUT_NAMES,
-            output_names=OUTPUT_NAMES, do_constant_folding=True,
-            dynamic_axes={"x": {0: "batch"}, "h0": {1: "batch"}, "c0": {1: "batch"},
-                          "y": {0: "batch"}, "hn": {1: "batch"}, "cn": {1: "batch"}},
+            model,
+            args,
+            path,
+            dynamo=False,
+            opset_version=opset,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            do_constant_folding=True,
+            dynamic_axes={
+                "x": {0: "batch"},
+                "h0": {1: "batch"},
+                "c0": {1: "batch"},
+                "y": {0: "batch"},
+                "hn": {1: "batch"},
+                "cn": {1: "batch"},
+            },
         )
-    return onnx.load_from_string(buf.getvalue())
+        return onnx.load(str(path))
 
 
 def _fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:

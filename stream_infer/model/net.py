@@ -27,9 +27,18 @@ class CNNLSTM(nn.Module):
 
     input_ndim: int  # dims of one item, without batch
     encoder: nn.Module
+    norm_mean: Tensor  # [C] buffer
+    norm_std: Tensor  # [C] buffer
 
-    def __init__(self, features: int, hidden: int, layers: int, n_classes: int,
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        features: int,
+        hidden: int,
+        layers: int,
+        n_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__()
         self.hidden_size = hidden
         self.num_layers = layers
@@ -52,8 +61,9 @@ class CNNLSTM(nn.Module):
         out, (hn, cn) = self.lstm(feats, (h0, c0))
         return self.head(out[0]), hn, cn
 
-    def forward_sequence(self, xs: Tensor, h0: Tensor | None = None,
-                         c0: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_sequence(
+        self, xs: Tensor, h0: Tensor | None = None, c0: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``xs [B, T, *input_shape]`` -> (y [B, T, K], hn, cn): T hops with state carried.
 
         Zero state when ``h0``/``c0`` are omitted. Equal (to float rounding) to calling
@@ -72,16 +82,30 @@ class SensorCNNLSTM(CNNLSTM):
 
     input_ndim = 2
 
-    def __init__(self, channels: int, n_classes: int, hidden: int = 64, layers: int = 1,
-                 conv_channels: int = 32, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        n_classes: int,
+        hidden: int = 64,
+        layers: int = 1,
+        conv_channels: int = 32,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         c = conv_channels
-        super().__init__(2 * 2 * c, hidden, layers, n_classes,
-                         mean if mean is not None else [0.0] * channels,
-                         std if std is not None else [1.0] * channels)
+        super().__init__(
+            2 * 2 * c,
+            hidden,
+            layers,
+            n_classes,
+            mean if mean is not None else [0.0] * channels,
+            std if std is not None else [1.0] * channels,
+        )
         self.encoder = nn.Sequential(
-            nn.Conv1d(channels, c, kernel_size=5, padding=2), nn.ReLU(),
-            nn.Conv1d(c, 2 * c, kernel_size=5, padding=2), nn.ReLU(),
+            nn.Conv1d(channels, c, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(c, 2 * c, kernel_size=5, padding=2),
+            nn.ReLU(),
         )
 
     def encode(self, x: Tensor) -> Tensor:
@@ -95,17 +119,34 @@ class FrameCNNLSTM(CNNLSTM):
 
     input_ndim = 3
 
-    def __init__(self, in_channels: int, n_classes: int, hidden: int = 64, layers: int = 1,
-                 conv_channels: int = 16, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        hidden: int = 64,
+        layers: int = 1,
+        conv_channels: int = 16,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         c = conv_channels
-        super().__init__(4 * c, hidden, layers, n_classes,
-                         mean if mean is not None else [0.0] * in_channels,
-                         std if std is not None else [255.0] * in_channels)
+        super().__init__(
+            4 * c,
+            hidden,
+            layers,
+            n_classes,
+            mean if mean is not None else [0.0] * in_channels,
+            std if std is not None else [255.0] * in_channels,
+        )
         self.encoder = nn.Sequential(
-            nn.Conv2d(in_channels, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * c, 4 * c, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * c, 4 * c, 3, padding=1),
+            nn.ReLU(),
         )
 
     def encode(self, x: Tensor) -> Tensor:
@@ -118,11 +159,24 @@ def build_model(card: ModelCard) -> CNNLSTM:
     mean = card.norm_mean or None
     std = card.norm_std or None
     if card.kind == "sensor":
-        return SensorCNNLSTM(card.sample_shape[0], len(card.labels), card.hidden_size,
-                             card.lstm_layers, card.conv_channels, mean, std)
-    return FrameCNNLSTM(card.sample_shape[0], len(card.labels), card.hidden_size,
-                        card.lstm_layers, card.conv_channels, mean, std)
-
+        return SensorCNNLSTM(
+            card.sample_shape[0],
+            len(card.labels),
+            card.hidden_size,
+            card.lstm_layers,
+            card.conv_channels,
+            mean,
+            std,
+        )
+    return FrameCNNLSTM(
+        card.sample_shape[0],
+        len(card.labels),
+        card.hidden_size,
+        card.lstm_layers,
+        card.conv_channels,
+        mean,
+        std,
+    )
 
 
 __all__ = ["CNNLSTM", "FrameCNNLSTM", "SensorCNNLSTM", "build_model"]

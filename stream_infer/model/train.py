@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,22 +35,39 @@ logger = logging.getLogger(__name__)
 MODEL_VERSION = "1"
 
 
-def train_sensor(recordings: Recordings, out_dir: str | Path, name: str = "basicmotions-cnnlstm",
-                 window: int = 20, hop: int = 10, epochs: int = 60, hidden: int = 64, layers: int = 1,
-                 lr: float = 3e-3, seed: int = 0, progress: bool = True, batch_size: int = 8,
-                 bptt: int = 32, conv_channels: int = 32, export: bool = True) -> ModelCard:
+def train_sensor(
+    recordings: Recordings,
+    out_dir: str | Path,
+    name: str = "basicmotions-cnnlstm",
+    window: int = 20,
+    hop: int = 10,
+    epochs: int = 60,
+    hidden: int = 64,
+    layers: int = 1,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = True,
+    batch_size: int = 8,
+    bptt: int = 32,
+    conv_channels: int = 32,
+    export: bool = True,
+) -> ModelCard:
     """Train a :class:`SensorCNNLSTM` on the ``train`` split, evaluate on ``test``, write the
     artifact (``model.json``, ``weights.pt``, ``model.onnx`` when ``export``) to ``out_dir``."""
     if window < 1 or not 1 <= hop <= window:
         raise DataError(f"need window >= 1 and 1 <= hop <= window, got window={window} hop={hop}")
     train, test = recordings.subset("train"), recordings.subset("test")
     if len(train) == 0 or len(test) == 0:
-        raise DataError(f"{recordings.dataset}: need train and test recordings, got "
-                        f"{len(train)} train and {len(test)} test")
+        raise DataError(
+            f"{recordings.dataset}: need train and test recordings, got "
+            f"{len(train)} train and {len(test)} test"
+        )
     for r, n in zip(recordings.values, recordings.names, strict=True):
         if r.shape[0] < window:
-            raise DataError(f"{recordings.dataset}: recording {n!r} has {r.shape[0]} samples, "
-                            f"fewer than one window ({window})")
+            raise DataError(
+                f"{recordings.dataset}: recording {n!r} has {r.shape[0]} samples, "
+                f"fewer than one window ({window})"
+            )
     classes = recordings.classes
     label_idx = {c: i for i, c in enumerate(classes)}
     samples = np.concatenate(train.values)
@@ -59,11 +77,13 @@ def train_sensor(recordings: Recordings, out_dir: str | Path, name: str = "basic
 
     started = time.perf_counter()
     with _training_context(seed):
-        model = SensorCNNLSTM(recordings.n_channels, len(classes), hidden, layers, conv_channels,
-                              mean.tolist(), std.tolist())
+        model = SensorCNNLSTM(
+            recordings.n_channels, len(classes), hidden, layers, conv_channels, mean.tolist(), std.tolist()
+        )
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=lr, total_steps=epochs * -(-len(train) // batch_size))
+            opt, max_lr=lr, total_steps=epochs * -(-len(train) // batch_size)
+        )
         rng = np.random.default_rng(seed)
         targets = np.array([label_idx[y] for y in train.labels])
         noise = 0.02 * std.astype(np.float32)
@@ -87,21 +107,52 @@ def train_sensor(recordings: Recordings, out_dir: str | Path, name: str = "basic
         accuracy = _evaluate_sensor(model, test, window, hop, label_idx)
     accuracy["split"] = "test"
     card = ModelCard(
-        name=name, version="", kind="sensor", window=window, hop=hop,
-        sample_shape=[recordings.n_channels], labels=list(classes), lstm_layers=layers,
-        hidden_size=hidden, norm_mean=mean.tolist(), norm_std=std.tolist(),
-        conv_channels=conv_channels, channels=list(recordings.channels), accuracy=accuracy,
-        training={"dataset": recordings.dataset, "split": recordings.split_rule, "epochs": epochs,
-                  "seed": seed, "n_train": len(train), "n_test": len(test), "lr": lr,
-                  "batch_size": batch_size, "bptt_hops": bptt, "train_s": round(train_s, 2)},
+        name=name,
+        version="",
+        kind="sensor",
+        window=window,
+        hop=hop,
+        sample_shape=[recordings.n_channels],
+        labels=list(classes),
+        lstm_layers=layers,
+        hidden_size=hidden,
+        norm_mean=mean.tolist(),
+        norm_std=std.tolist(),
+        conv_channels=conv_channels,
+        channels=list(recordings.channels),
+        accuracy=accuracy,
+        training={
+            "dataset": recordings.dataset,
+            "split": recordings.split_rule,
+            "epochs": epochs,
+            "seed": seed,
+            "n_train": len(train),
+            "n_test": len(test),
+            "lr": lr,
+            "batch_size": batch_size,
+            "bptt_hops": bptt,
+            "train_s": round(train_s, 2),
+        },
     )
     return _write_artifact(model, card, Path(out_dir), export)
 
 
-def train_frames(frames: Frames, out_dir: str | Path, name: str = "lfw-cnnlstm", seq_len: int = 8,
-                 epochs: int = 30, hidden: int = 64, layers: int = 1, lr: float = 3e-3, seed: int = 0,
-                 progress: bool = True, batch_size: int = 16, sequences_per_epoch: int = 128,
-                 conv_channels: int = 16, export: bool = True) -> ModelCard:
+def train_frames(
+    frames: Frames,
+    out_dir: str | Path,
+    name: str = "lfw-cnnlstm",
+    seq_len: int = 8,
+    epochs: int = 30,
+    hidden: int = 64,
+    layers: int = 1,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = True,
+    batch_size: int = 16,
+    sequences_per_epoch: int = 128,
+    conv_channels: int = 16,
+    export: bool = True,
+) -> ModelCard:
     """Train a :class:`FrameCNNLSTM` on sequences of ``seq_len`` augmented frames of one class
     (a stand-in for consecutive frames of one stream), evaluate on held-out frames."""
     classes = frames.classes
@@ -140,13 +191,33 @@ def train_frames(frames: Frames, out_dir: str | Path, name: str = "lfw-cnnlstm",
         accuracy = _evaluate_frames(model, test_x, test_y, seq_len, seed)
     accuracy["split"] = "test"
     card = ModelCard(
-        name=name, version="", kind="frame", window=1, hop=1, sample_shape=list(frames.images.shape[1:]),
-        labels=list(classes), lstm_layers=layers, hidden_size=hidden, norm_mean=mean.tolist(),
-        norm_std=std.tolist(), conv_channels=conv_channels, accuracy=accuracy,
-        training={"dataset": frames.dataset, "split": frames.split_rule, "epochs": epochs, "seed": seed,
-                  "n_train": int(len(train_x)), "n_test": int(len(test_x)), "seq_len": seq_len, "lr": lr,
-                  "batch_size": batch_size, "sequences_per_epoch": sequences_per_epoch,
-                  "input": "raw pixels 0..255", "train_s": round(train_s, 2)},
+        name=name,
+        version="",
+        kind="frame",
+        window=1,
+        hop=1,
+        sample_shape=list(frames.images.shape[1:]),
+        labels=list(classes),
+        lstm_layers=layers,
+        hidden_size=hidden,
+        norm_mean=mean.tolist(),
+        norm_std=std.tolist(),
+        conv_channels=conv_channels,
+        accuracy=accuracy,
+        training={
+            "dataset": frames.dataset,
+            "split": frames.split_rule,
+            "epochs": epochs,
+            "seed": seed,
+            "n_train": int(len(train_x)),
+            "n_test": int(len(test_x)),
+            "seq_len": seq_len,
+            "lr": lr,
+            "batch_size": batch_size,
+            "sequences_per_epoch": sequences_per_epoch,
+            "input": "raw pixels 0..255",
+            "train_s": round(train_s, 2),
+        },
     )
     return _write_artifact(model, card, Path(out_dir), export)
 
@@ -163,8 +234,14 @@ def predict_recording(model: CNNLSTM, values: np.ndarray, window: int, hop: int)
 # --- internals ---------------------------------------------------------------------------------
 
 
-def _tbptt_step(model: CNNLSTM, opt: torch.optim.Optimizer, xs: np.ndarray, mask: np.ndarray,
-                targets: np.ndarray, bptt: int) -> float:
+def _tbptt_step(
+    model: CNNLSTM,
+    opt: torch.optim.Optimizer,
+    xs: np.ndarray,
+    mask: np.ndarray,
+    targets: np.ndarray,
+    bptt: int,
+) -> float:
     """One pass over a batch of hop sequences ``xs [B, T, ...]``, truncated every ``bptt`` hops;
     one optimiser step per chunk. Returns the mean loss."""
     x = torch.from_numpy(xs)
@@ -174,10 +251,11 @@ def _tbptt_step(model: CNNLSTM, opt: torch.optim.Optimizer, xs: np.ndarray, mask
     total = 0.0
     chunks = 0
     for start in range(0, x.shape[1], bptt):
-        logits, h, c = model.forward_sequence(x[:, start:start + bptt], h, c)
-        chunk_mask = m[:, start:start + bptt]
+        logits, h, c = model.forward_sequence(x[:, start : start + bptt], h, c)
+        chunk_mask = m[:, start : start + bptt]
         losses = nn.functional.cross_entropy(
-            logits.transpose(1, 2), y[:, None].expand_as(chunk_mask), reduction="none")
+            logits.transpose(1, 2), y[:, None].expand_as(chunk_mask), reduction="none"
+        )
         loss = (losses * chunk_mask).sum() / chunk_mask.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -189,8 +267,9 @@ def _tbptt_step(model: CNNLSTM, opt: torch.optim.Optimizer, xs: np.ndarray, mask
     return total / max(chunks, 1)
 
 
-def _evaluate_sensor(model: CNNLSTM, test: Recordings, window: int, hop: int,
-                     label_idx: dict[str, int]) -> dict[str, float | int]:
+def _evaluate_sensor(
+    model: CNNLSTM, test: Recordings, window: int, hop: int, label_idx: dict[str, int]
+) -> dict[str, Any]:
     hits_hop = hits_end = n_hops = 0
     for values, label in zip(test.values, test.labels, strict=True):
         pred = predict_recording(model, values, window, hop).argmax(axis=1)
@@ -198,12 +277,17 @@ def _evaluate_sensor(model: CNNLSTM, test: Recordings, window: int, hop: int,
         hits_hop += int((pred == k).sum())
         hits_end += int(pred[-1] == k)
         n_hops += len(pred)
-    return {"per_hop": hits_hop / n_hops, "at_end": hits_end / len(test), "n_recordings": len(test),
-            "n_hops": n_hops}
+    return {
+        "per_hop": hits_hop / n_hops,
+        "at_end": hits_end / len(test),
+        "n_recordings": len(test),
+        "n_hops": n_hops,
+    }
 
 
-def _evaluate_frames(model: CNNLSTM, test_x: np.ndarray, test_y: np.ndarray, seq_len: int,
-                     seed: int, per_class: int = 20) -> dict[str, float | int]:
+def _evaluate_frames(
+    model: CNNLSTM, test_x: np.ndarray, test_y: np.ndarray, seq_len: int, seed: int, per_class: int = 20
+) -> dict[str, Any]:
     """Single-frame accuracy over every held-out frame, and per-hop / at-end accuracy over
     seeded sequences of ``seq_len`` held-out frames of one class (no augmentation)."""
     rng = np.random.default_rng(seed + 1)
@@ -220,9 +304,14 @@ def _evaluate_frames(model: CNNLSTM, test_x: np.ndarray, test_y: np.ndarray, seq
         out, _, _ = model.forward_sequence(torch.from_numpy(np.stack(seqs)))
         pred = out.argmax(2).numpy()  # [N, T]
     truth = np.array(ys)[:, None]
-    return {"single_frame": single, "per_hop": float((pred == truth).mean()),
-            "at_end": float((pred[:, -1] == truth[:, 0]).mean()), "n_frames": int(len(test_x)),
-            "n_sequences": len(seqs), "seq_len": seq_len}
+    return {
+        "single_frame": single,
+        "per_hop": float((pred == truth).mean()),
+        "at_end": float((pred[:, -1] == truth[:, 0]).mean()),
+        "n_frames": int(len(test_x)),
+        "n_sequences": len(seqs),
+        "seq_len": seq_len,
+    }
 
 
 def _augment_frames(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -233,7 +322,7 @@ def _augment_frames(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     for i in range(b):
         for j in range(t):
             dy, dx = rng.integers(0, 5, size=2)
-            img = padded[i, j, :, dy:dy + h, dx:dx + w]
+            img = padded[i, j, :, dy : dy + h, dx : dx + w]
             out[i, j] = img[..., ::-1] if rng.random() < 0.5 else img
     gain = rng.uniform(0.8, 1.2, size=(b, t, 1, 1, 1))
     bias = rng.uniform(-20, 20, size=(b, t, 1, 1, 1))
@@ -253,7 +342,7 @@ def _pad(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _batches(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(order), size):
-        yield order[start:start + size]
+        yield order[start : start + size]
 
 
 @contextlib.contextmanager

@@ -34,7 +34,9 @@ def test_engines_satisfy_the_protocol(engines: tuple[Engine, Engine], sensor_mod
 
 
 @pytest.mark.parametrize("model", ["sensor_model", "frame_model"])
-def test_torch_and_onnxruntime_agree_on_random_and_real_inputs(model: str, request: pytest.FixtureRequest) -> None:
+def test_torch_and_onnxruntime_agree_on_random_and_real_inputs(
+    model: str, request: pytest.FixtureRequest
+) -> None:
     artifact: Path = request.getfixturevalue(model)
     card = load_card(artifact)
     reports = compare(load_engine(artifact, "torch"), load_engine(artifact, "onnxruntime"), card, (1, 7, 256))
@@ -117,7 +119,9 @@ def test_fp16_conversion_keeps_lstm_and_io_in_fp32(sensor_model: Path, tmp_path:
 
 # --- GPU ---------------------------------------------------------------------------------------
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda.is_available() is false: no NVIDIA GPU")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="torch.cuda.is_available() is false: no NVIDIA GPU"
+)
 
 
 def _has_tensorrt() -> bool:

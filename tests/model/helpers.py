@@ -28,6 +28,10 @@ def write_user_dataset(root: Path, per_class: int = 4, with_split: bool = True) 
                 rw.writerow(recs.channels)
                 rw.writerows(recs.values[i].tolist())
             w.writerow([name, recs.labels[i], f"s{n % 5}", *([recs.split[i]] if with_split else [])])
-    return Recordings([recs.values[i] for i in chosen], [recs.labels[i] for i in chosen],
-                      [f"rec{n:03d}" for n in range(len(chosen))], [recs.split[i] for i in chosen],
-                      recs.channels)
+    return Recordings(
+        [recs.values[i] for i in chosen],
+        [recs.labels[i] for i in chosen],
+        [f"rec{n:03d}" for n in range(len(chosen))],
+        [recs.split[i] for i in chosen],
+        recs.channels,
+    )

@@ -37,8 +37,9 @@ def test_train_on_bad_csv_exits_2_naming_the_file(tmp_path: Path) -> None:
 
 def test_train_bad_hop_and_unknown_split_column_exit_2(tmp_path: Path) -> None:
     write_user_dataset(tmp_path, per_class=1, with_split=False)
-    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-                                 "--split-by", "patient"])
+    result = runner.invoke(
+        app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--split-by", "patient"]
+    )
     assert result.exit_code == 2 and "unknown --split-by column 'patient'" in _err(result)
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "o"), "--window", "10", "--hop", "20"])
     assert result.exit_code == 2 and "1 <= hop <= window" in _err(result)
@@ -48,8 +49,21 @@ def test_train_bad_hop_and_unknown_split_column_exit_2(tmp_path: Path) -> None:
 
 def test_train_cli_writes_an_artifact(tmp_path: Path) -> None:
     write_user_dataset(tmp_path / "data", per_class=2)
-    result = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "art"),
-                                 "--epochs", "2", "--hidden", "8", "--no-progress"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "art"),
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, _err(result)
     assert {"model.json", "weights.pt", "model.onnx"} <= {p.name for p in (tmp_path / "art").iterdir()}
 

@@ -87,14 +87,18 @@ def test_split_by_holds_out_whole_groups(tmp_path: Path) -> None:
         ("recording,label\na,x\n", {"a.csv": "x,y\n1,2\n3\n"}, r"a\.csv: line 3: 1 fields"),
         ("recording,label\na,x\n", {"a.csv": "x,y\n1,abc\n"}, r"a\.csv: line 2: not a number"),
         ("recording,label\na,x\n", {"a.csv": "1,2\n3,4\n"}, r"a\.csv: first row must be a header"),
-        ("recording,label\na,x\nb,y\n", {"a.csv": "x,y\n1,2\n", "b.csv": "x,y,z\n1,2,3\n"},
-         r"b\.csv: 3 channels, but a\.csv has 2"),
+        (
+            "recording,label\na,x\nb,y\n",
+            {"a.csv": "x,y\n1,2\n", "b.csv": "x,y,z\n1,2,3\n"},
+            r"b\.csv: 3 channels, but a\.csv has 2",
+        ),
         ("recording,label,split\na,x,dev\n", {"a.csv": "x,y\n1,2\n"}, r"split must be train or test"),
         ("recording,label\na,x\n", {"a.csv": "x,y\n1,nan\n"}, r"a\.csv: non-finite value"),
     ],
 )
-def test_bad_user_data_names_the_file_and_problem(tmp_path: Path, labels: str | None,
-                                                  files: dict[str, str], match: str) -> None:
+def test_bad_user_data_names_the_file_and_problem(
+    tmp_path: Path, labels: str | None, files: dict[str, str], match: str
+) -> None:
     if labels is not None:
         (tmp_path / "labels.csv").write_text(labels)
     for name, text in files.items():

@@ -33,16 +33,29 @@ def test_normalisation_is_inside_the_model() -> None:
     torch.manual_seed(0)
     plain = SensorCNNLSTM(2, 3, hidden=8)
     shifted = SensorCNNLSTM(2, 3, hidden=8, mean=[100.0, -5.0], std=[10.0, 2.0])
-    shifted.load_state_dict(plain.state_dict() | {"norm_mean": shifted.norm_mean, "norm_std": shifted.norm_std})
+    shifted.load_state_dict(
+        plain.state_dict() | {"norm_mean": shifted.norm_mean, "norm_std": shifted.norm_std}
+    )
     x = torch.randn(4, 20, 2)
     raw = x * torch.tensor([10.0, 2.0]) + torch.tensor([100.0, -5.0])
-    torch.testing.assert_close(plain(x, *plain.zero_state(4))[0], shifted(raw, *shifted.zero_state(4))[0],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        plain(x, *plain.zero_state(4))[0], shifted(raw, *shifted.zero_state(4))[0], atol=1e-5, rtol=0
+    )
 
 
 def test_build_model_from_card() -> None:
-    card = ModelCard(name="m", version="1", kind="sensor", window=20, hop=10, sample_shape=[3],
-                     labels=["a", "b"], lstm_layers=2, hidden_size=16, conv_channels=8)
+    card = ModelCard(
+        name="m",
+        version="1",
+        kind="sensor",
+        window=20,
+        hop=10,
+        sample_shape=[3],
+        labels=["a", "b"],
+        lstm_layers=2,
+        hidden_size=16,
+        conv_channels=8,
+    )
     model = build_model(card)
     assert isinstance(model, SensorCNNLSTM)
     assert model.lstm.num_layers == 2 and model.lstm.hidden_size == 16 and model.head.out_features == 2

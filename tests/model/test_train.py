@@ -28,8 +28,10 @@ def test_basicmotions_card_reports_accuracy_at_recording_end(sensor_model: Path)
 def test_basicmotions_accuracy_recomputed_from_weights(sensor_model: Path) -> None:
     card, model = load_model(sensor_model)
     test = basic_motions().subset("test")
-    hits = [card.labels[int(predict_recording(model, v, card.window, card.hop)[-1].argmax())] == label
-            for v, label in zip(test.values, test.labels, strict=True)]
+    hits = [
+        card.labels[int(predict_recording(model, v, card.window, card.hop)[-1].argmax())] == label
+        for v, label in zip(test.values, test.labels, strict=True)
+    ]
     assert np.mean(hits) >= 0.9
     assert np.mean(hits) == pytest.approx(card.accuracy["at_end"])
 
