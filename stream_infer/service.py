@@ -26,7 +26,7 @@ from stream_infer.batcher import Batcher
 from stream_infer.checkpoint import Checkpointer
 from stream_infer.config import Settings
 from stream_infer.decode import Decoder
-from stream_infer.errors import StateError
+from stream_infer.errors import ConfigError, StateError
 from stream_infer.health import Health, serve_http
 from stream_infer.metrics import Metrics
 from stream_infer.model.card import ModelCard, load_card
@@ -90,6 +90,7 @@ class Service:
         self.worker = InferenceWorker(engine, self.slab, Batcher(s.batcher.max_batch, s.batcher.max_wait_ms),
                                       self.sink, self.metrics)
         self.consumer = make_consumer(s)
+        _await_metadata(self.consumer, s.topics.input)
         self.checkpointer = Checkpointer(self, eos)
         self.worker.start()
         self.health.engine_loaded = True
@@ -340,6 +341,16 @@ class _Listener(ConsumerRebalanceListener):
         self.svc.metrics.assigned.set(n)
         self.svc.health.partitions_assigned = n > 0
         self.svc.metrics.ready.set(1 if self.svc.health.ready else 0)
+
+
+def _await_metadata(consumer: Any, topic: str, timeout_s: float = 30.0) -> None:
+    # Subscribing before the client knows the topic's partitions yields an empty assignment.
+    deadline = time.monotonic() + timeout_s
+    while not consumer.partitions_for_topic(topic):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"no partition metadata for input topic {topic!r} after {timeout_s:.0f}s")
+        consumer.topics()
+        time.sleep(0.1)
 
 
 def _overrun(grace_s: float) -> None:

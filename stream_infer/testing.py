@@ -1,0 +1,46 @@
+"""Fakes that users of the library need too: an engine with a known, cheap step.
+
+``LinearEngine`` is a real stateful step (no mock): ``h' = tanh(a*h + mean(x))``, ``c' = c + 1``,
+``y = [h'_0, c'_0]``, so tests can compute the reference by hand and check that state is
+carried, reset and restored per entity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_infer.backends.base import EngineSpec
+
+
+class LinearEngine:
+    name = "linear"
+
+    def __init__(self, input_shape: tuple[int, ...], layers: int = 1, hidden: int = 4, a: float = 0.5,
+                 fail_when: float | None = None) -> None:
+        self.spec = EngineSpec(input_shape, (layers, hidden), 2, 65_536, "cpu")
+        self.a = a
+        self.fail_when = fail_when  # raise if any window's mean equals this value (fault injection)
+        self.calls = 0
+
+    def infer(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.calls += 1
+        m = x.reshape(len(x), -1).mean(axis=1).astype(np.float32)  # [B]
+        if self.fail_when is not None and np.any(np.isclose(m, self.fail_when)):
+            raise RuntimeError("injected engine failure")
+        hn = np.tanh(self.a * h0 + m[None, :, None]).astype(np.float32)
+        cn = (c0 + 1.0).astype(np.float32)
+        y = np.stack([hn[0, :, 0], cn[0, :, 0]], axis=1)
+        return y, hn, cn
+
+    def reference(self, windows: np.ndarray) -> np.ndarray:
+        """Outputs for one entity's windows [T, *input_shape] stepped from zero state: [T, 2]."""
+        h = np.zeros((1, 1, self.spec.state_shape[1]), np.float32)
+        c = np.zeros_like(h)
+        out = []
+        for w in windows:
+            y, h, c = self.infer(w[None], h, c)
+            out.append(y[0])
+        return np.asarray(out)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,63 @@
+"""Session fixtures: the real Kafka broker (started by the project's own script unless
+KAFKA_BOOTSTRAP names a cluster) and fresh topics per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KAFKA_SH = ROOT / "deploy" / "local" / "kafka.sh"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    running = subprocess.run([str(KAFKA_SH), "status"], capture_output=True).returncode == 0
+    if not running:
+        subprocess.run([str(KAFKA_SH), "start"], check=True)
+    yield f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+    if not running:
+        subprocess.run([str(KAFKA_SH), "stop"], check=False)
+
+
+@pytest.fixture(scope="session")
+def own_broker(kafka_bootstrap: str) -> Callable[[str], None]:
+    """Control of the local broker for fault injection (stop/start); skips on an external one."""
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        pytest.skip("KAFKA_BOOTSTRAP points at an external cluster; broker faults need the local one")
+
+    def control(action: str) -> None:
+        subprocess.run([str(KAFKA_SH), action], check=True)
+
+    return control
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str) -> Callable[..., str]:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    made: list[str] = []
+
+    def make(prefix: str = "t", partitions: int = 1, **configs: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+        made.append(name)
+        return name
+
+    yield make
+    try:
+        admin.delete_topics(made)
+    except Exception:
+        pass
+    admin.close()
