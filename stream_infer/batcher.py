@@ -32,24 +32,34 @@ class Chunk:
 
     @classmethod
     def of(cls, wb: WindowBatch) -> Chunk:
-        return cls(wb.slots, wb.entities, wb.seq, wb.event_ms, wb.fresh, wb.x,
-                   np.full(len(wb), wb.enqueued_s))
+        return cls(
+            wb.slots, wb.entities, wb.seq, wb.event_ms, wb.fresh, wb.x, np.full(len(wb), wb.enqueued_s)
+        )
 
     def select(self, idx: np.ndarray) -> Chunk:
-        return Chunk(self.slots[idx], [self.entities[i] for i in idx.tolist()], self.seq[idx],
-                     self.event_ms[idx], self.fresh[idx], self.x[idx], self.enqueued_s[idx])
+        return Chunk(
+            self.slots[idx],
+            [self.entities[i] for i in idx.tolist()],
+            self.seq[idx],
+            self.event_ms[idx],
+            self.fresh[idx],
+            self.x[idx],
+            self.enqueued_s[idx],
+        )
 
     @staticmethod
     def concat(chunks: list[Chunk]) -> Chunk:
         if len(chunks) == 1:
             return chunks[0]
-        return Chunk(np.concatenate([c.slots for c in chunks]),
-                     [e for c in chunks for e in c.entities],
-                     np.concatenate([c.seq for c in chunks]),
-                     np.concatenate([c.event_ms for c in chunks]),
-                     np.concatenate([c.fresh for c in chunks]),
-                     np.concatenate([c.x for c in chunks]),
-                     np.concatenate([c.enqueued_s for c in chunks]))
+        return Chunk(
+            np.concatenate([c.slots for c in chunks]),
+            [e for c in chunks for e in c.entities],
+            np.concatenate([c.seq for c in chunks]),
+            np.concatenate([c.event_ms for c in chunks]),
+            np.concatenate([c.fresh for c in chunks]),
+            np.concatenate([c.x for c in chunks]),
+            np.concatenate([c.enqueued_s for c in chunks]),
+        )
 
 
 class Batcher:

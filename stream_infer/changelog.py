@@ -50,25 +50,48 @@ class EntityState:
 def encode(model_id: str, state: EntityState) -> bytes:
     mid = model_id.encode()
     shape = state.tail.shape
-    head = _HEAD.pack(MAGIC, FORMAT_VERSION, int(state.fresh), len(mid), state.last_seq, state.event_ms,
-                      state.count, shape[0])
+    head = _HEAD.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        int(state.fresh),
+        len(mid),
+        state.last_seq,
+        state.event_ms,
+        state.count,
+        shape[0],
+    )
     dims = struct.pack(f"<B{len(shape) - 1}I", len(shape) - 1, *shape[1:])
     lh = struct.pack("<HI", *state.h.shape)
     return b"".join((head, dims, lh, mid, _f32(state.tail), _f32(state.h), _f32(state.c)))
 
 
-def encode_many(model_id: str, last_seq: np.ndarray, event_ms: np.ndarray, count: np.ndarray,
-                fresh: np.ndarray, tail: np.ndarray, h: np.ndarray, c: np.ndarray) -> list[bytes]:
+def encode_many(
+    model_id: str,
+    last_seq: np.ndarray,
+    event_ms: np.ndarray,
+    count: np.ndarray,
+    fresh: np.ndarray,
+    tail: np.ndarray,
+    h: np.ndarray,
+    c: np.ndarray,
+) -> list[bytes]:
     """Values for B entities: tail [B, W, *shape], h/c [L, B, Hd] (as the slab lays them out)."""
     hb = np.ascontiguousarray(h.transpose(1, 0, 2))
     cb = np.ascontiguousarray(c.transpose(1, 0, 2))
-    return [encode(model_id, EntityState(int(last_seq[i]), int(event_ms[i]), int(count[i]),
-                                         bool(fresh[i]), tail[i], hb[i], cb[i]))
-            for i in range(len(last_seq))]
+    return [
+        encode(
+            model_id,
+            EntityState(
+                int(last_seq[i]), int(event_ms[i]), int(count[i]), bool(fresh[i]), tail[i], hb[i], cb[i]
+            ),
+        )
+        for i in range(len(last_seq))
+    ]
 
 
-def decode(value: bytes, model_id: str, window: int, sample_shape: tuple[int, ...],
-           state_shape: tuple[int, int]) -> EntityState:
+def decode(
+    value: bytes, model_id: str, window: int, sample_shape: tuple[int, ...], state_shape: tuple[int, int]
+) -> EntityState:
     """Parse one value; raise ``StateError`` if it is corrupt or from another model or shape."""
     try:
         magic, ver, fresh, id_len, last_seq, event_ms, count, w = _HEAD.unpack_from(value, 0)
@@ -82,7 +105,7 @@ def decode(value: bytes, model_id: str, window: int, sample_shape: tuple[int, ..
         off += 1 + 4 * ndim
         layers, hidden = struct.unpack_from("<HI", value, off)
         off += 6
-        mid = bytes(value[off:off + id_len]).decode()
+        mid = bytes(value[off : off + id_len]).decode()
         off += id_len
     except (struct.error, UnicodeDecodeError) as exc:
         raise StateError(f"corrupt state record: {exc}") from None
@@ -95,10 +118,15 @@ def decode(value: bytes, model_id: str, window: int, sample_shape: tuple[int, ..
     arr = np.frombuffer(value, dtype="<f4", offset=off)
     if arr.size != n_tail + 2 * n_state:
         raise StateError("state record has the wrong length")
-    return EntityState(last_seq, event_ms, count, bool(fresh),
-                       arr[:n_tail].reshape(w, *dims),
-                       arr[n_tail:n_tail + n_state].reshape(layers, hidden),
-                       arr[n_tail + n_state:].reshape(layers, hidden))
+    return EntityState(
+        last_seq,
+        event_ms,
+        count,
+        bool(fresh),
+        arr[:n_tail].reshape(w, *dims),
+        arr[n_tail : n_tail + n_state].reshape(layers, hidden),
+        arr[n_tail + n_state :].reshape(layers, hidden),
+    )
 
 
 def _f32(a: np.ndarray) -> bytes:

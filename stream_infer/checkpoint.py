@@ -33,9 +33,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from kafka import TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from kafka.structs import OffsetAndMetadata
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from stream_infer import changelog
 
@@ -43,6 +55,9 @@ if TYPE_CHECKING:
     from stream_infer.service import Service
 
 logger = logging.getLogger(__name__)
+
+# The group moved on (a rebalance): this commit cannot succeed now, and must not block poll().
+_GROUP_ERRORS = (RebalanceInProgressError, CommitFailedError, IllegalGenerationError, UnknownMemberIdError)
 
 
 class Checkpointer:
@@ -76,8 +91,9 @@ class Checkpointer:
         if not self.eos:
             svc.sink.flush()
         n = svc.sink.changelog(self._changelog_records())
-        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.offsets.items()
-                   if self._committed.get(tp) != o}
+        offsets = {
+            tp: OffsetAndMetadata(o, "", -1) for tp, o in self.offsets.items() if self._committed.get(tp) != o
+        }
         if self.eos:
             if offsets:
                 svc.producer.send_offsets_to_transaction(offsets, svc.consumer.group_metadata())
@@ -86,8 +102,8 @@ class Checkpointer:
             svc.producer.begin_transaction()
         else:
             svc.sink.flush()
-            if offsets:
-                self._commit(offsets)
+            if offsets and not self._commit(offsets):
+                offsets = {}
         for tp, om in offsets.items():
             self._committed[tp] = om.offset
         svc.metrics.commits.inc()
@@ -95,29 +111,60 @@ class Checkpointer:
         if n or offsets:
             logger.debug("checkpoint: %d state records, %d partitions", n, len(offsets))
 
-    @retry(retry=retry_if_exception_type(KafkaError), wait=wait_exponential(0.2, max=5),
-           stop=stop_after_delay(300), reraise=True)
-    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
+        """Commit offsets; transient broker errors are retried with backoff. A commit refused
+        because a rebalance is under way is skipped: the state is already checkpointed, and
+        the next checkpoint (or the revocation callback, which the next poll runs) commits."""
+        try:
+            self._commit_retrying(offsets)
+            return True
+        except _GROUP_ERRORS as exc:
+            self.svc.metrics.kafka_errors.labels("commit").inc()
+            logger.info(
+                "offset commit deferred (%s); it is retried at the next checkpoint", type(exc).__name__
+            )
+            return False
+
+    @retry(
+        retry=retry_if_exception_type(KafkaError) & retry_if_not_exception_type(_GROUP_ERRORS),
+        wait=wait_exponential(0.2, max=5),
+        stop=stop_after_delay(120),
+        reraise=True,
+    )
+    def _commit_retrying(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         try:
             self.svc.consumer.commit(offsets)
         except KafkaError as exc:
-            self.svc.metrics.kafka_errors.labels("commit").inc()
-            logger.warning("offset commit failed, retrying: %s", exc)
+            if not isinstance(exc, _GROUP_ERRORS):
+                self.svc.metrics.kafka_errors.labels("commit").inc()
+                logger.warning("offset commit failed, retrying: %s", exc)
             raise
 
     def _changelog_records(self) -> list[tuple[bytes, bytes | None, int]]:
         svc = self.svc
-        out: list[tuple[bytes, bytes | None, int]] = [(e.encode(), None, p) for e, p in svc.tombstones.items()]
+        out: list[tuple[bytes, bytes | None, int]] = [
+            (e.encode(), None, p) for e, p in svc.tombstones.items()
+        ]
         svc.tombstones.clear()
         slots = np.flatnonzero(svc.dirty)
         if len(slots):
             svc.dirty[slots] = False
             w = svc.windows
             h, c = svc.slab.read(slots)
-            values = changelog.encode_many(svc.card.model_id, w.last_seq[slots], w.last_event_ms[slots],
-                                           w.count[slots], w.fresh[slots], w.tail[slots], h, c)
+            values = changelog.encode_many(
+                svc.card.model_id,
+                w.last_seq[slots],
+                w.last_event_ms[slots],
+                w.count[slots],
+                w.fresh[slots],
+                w.tail[slots],
+                h,
+                c,
+            )
             ents = svc.slots.entity
             parts = svc.slots.partition[slots].tolist()
-            out.extend((ents[s].encode(), v, p)  # type: ignore[union-attr]
-                       for s, v, p in zip(slots.tolist(), values, parts, strict=True))
+            out.extend(
+                (ents[s].encode(), v, p)  # type: ignore[union-attr]
+                for s, v, p in zip(slots.tolist(), values, parts, strict=True)
+            )
         return out

@@ -79,12 +79,19 @@ class KafkaSettings(_Section):
             "security_protocol": self.security_protocol,
         }
         if self.security_protocol.startswith("SASL"):
-            kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                      sasl_plain_password=self.password())
+            kw.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.password(),
+            )
         if self.security_protocol.endswith("SSL"):
-            kw.update(ssl_cafile=_s(self.ssl_cafile), ssl_certfile=_s(self.ssl_certfile),
-                      ssl_keyfile=_s(self.ssl_keyfile), ssl_check_hostname=self.ssl_check_hostname,
-                      ssl_password=self.ssl_password.get_secret_value() if self.ssl_password else None)
+            kw.update(
+                ssl_cafile=_s(self.ssl_cafile),
+                ssl_certfile=_s(self.ssl_certfile),
+                ssl_keyfile=_s(self.ssl_keyfile),
+                ssl_check_hostname=self.ssl_check_hostname,
+                ssl_password=self.ssl_password.get_secret_value() if self.ssl_password else None,
+            )
         return kw
 
 
@@ -143,8 +150,9 @@ class MetricsSettings(_Section):
 class Settings(BaseSettings):
     """All settings of one service instance."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAM_INFER_", env_nested_delimiter="__",
-                                      extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_INFER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
@@ -158,12 +166,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
-                                   init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file (passed as init kwargs by load_settings).
         return (env_settings, init_settings)
 

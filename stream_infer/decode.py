@@ -30,8 +30,19 @@ logger = logging.getLogger(__name__)
 
 Format = Literal["json", "f32", "image"]
 
-REASONS = ("missing_key", "bad_key", "oversized", "undecodable", "wrong_shape", "wrong_dtype",
-           "non_finite", "bad_timestamp", "bad_seq", "bad_image", "too_many_samples")
+REASONS = (
+    "missing_key",
+    "bad_key",
+    "oversized",
+    "undecodable",
+    "wrong_shape",
+    "wrong_dtype",
+    "non_finite",
+    "bad_timestamp",
+    "bad_seq",
+    "bad_image",
+    "too_many_samples",
+)
 
 
 class Record(Protocol):
@@ -248,6 +259,13 @@ def _ts(v: Any, fallback_ms: int) -> int:
 
 
 def _invalid(rec: Record, err: DecodeError) -> InvalidMessage:
-    return InvalidMessage(topic=rec.topic, partition=rec.partition, offset=rec.offset, key=rec.key,
-                          value=rec.value, headers=list(rec.headers or ()), reason=err.reason,
-                          detail=err.detail)
+    return InvalidMessage(
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        key=rec.key,
+        value=rec.value,
+        headers=list(rec.headers or ()),
+        reason=err.reason,
+        detail=err.detail,
+    )

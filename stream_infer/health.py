@@ -40,16 +40,19 @@ class Health:
         return self.engine_loaded and self.partitions_assigned and not self.stopping
 
 
-def serve_http(health: Health, port: int, host: str = "0.0.0.0",
-               registry: CollectorRegistry = REGISTRY) -> ThreadingHTTPServer:
+def serve_http(
+    health: Health, port: int, host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY
+) -> ThreadingHTTPServer:
     """Start the endpoints on ``host:port`` (port 0 picks a free one; see ``server_port``)."""
 
     routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
         "/metrics": lambda: (200, generate_latest(registry), CONTENT_TYPE_LATEST),
-        "/healthz": lambda: (200, b"ok\n", "text/plain") if health.alive
-        else (503, b"stalled\n", "text/plain"),
-        "/readyz": lambda: (200, b"ready\n", "text/plain") if health.ready
-        else (503, b"not ready\n", "text/plain"),
+        "/healthz": lambda: (
+            (200, b"ok\n", "text/plain") if health.alive else (503, b"stalled\n", "text/plain")
+        ),
+        "/readyz": lambda: (
+            (200, b"ready\n", "text/plain") if health.ready else (503, b"not ready\n", "text/plain")
+        ),
     }
 
     class Handler(BaseHTTPRequestHandler):

@@ -17,18 +17,51 @@ from prometheus_client.registry import Collector
 
 PREFIX = "stream_infer"
 
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
-                     1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-ENGINE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5)
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+ENGINE_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class BatchHistogram(Collector):
     """A label-less histogram that takes a numpy array of observations per call."""
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
-                 registry: CollectorRegistry | None) -> None:
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry | None
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.upper = np.asarray(list(buckets) + [np.inf], dtype=np.float64)
@@ -83,51 +116,76 @@ class Metrics:
         self.event_to_publish = BatchHistogram(
             f"{p}_event_to_publish_seconds",
             "Event time of a window's last sample to the prediction being handed to the producer.",
-            LATENCY_BUCKETS_S, r)
+            LATENCY_BUCKETS_S,
+            r,
+        )
         self.queue_wait = BatchHistogram(
-            f"{p}_queue_wait_seconds", "Time a completed window waited for its engine call.",
-            LATENCY_BUCKETS_S, r)
-        self.engine_time = Histogram(f"{p}_engine_seconds", "Wall time of one engine call.",
-                                     buckets=ENGINE_BUCKETS_S, registry=r)
-        self.batch_size = Histogram(f"{p}_batch_size", "Windows per engine call.",
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.commit_time = Histogram(f"{p}_commit_seconds",
-                                     "Checkpoint duration: drain, flush, changelog, offset commit.",
-                                     buckets=LATENCY_BUCKETS_S, registry=r)
+            f"{p}_queue_wait_seconds",
+            "Time a completed window waited for its engine call.",
+            LATENCY_BUCKETS_S,
+            r,
+        )
+        self.engine_time = Histogram(
+            f"{p}_engine_seconds", "Wall time of one engine call.", buckets=ENGINE_BUCKETS_S, registry=r
+        )
+        self.batch_size = Histogram(
+            f"{p}_batch_size", "Windows per engine call.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.commit_time = Histogram(
+            f"{p}_commit_seconds",
+            "Checkpoint duration: drain, flush, changelog, offset commit.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.messages = Counter(f"{p}_messages", "Kafka messages consumed.", registry=r)
         self.events = Counter(f"{p}_events", "Samples (events) decoded from valid messages.", registry=r)
         self.predictions = Counter(f"{p}_predictions", "Predictions published.", registry=r)
-        self.invalid = Counter(f"{p}_invalid_events", "Invalid messages, sent to the dead-letter topic.",
-                               ["reason"], registry=r)
-        self.dead_letters = Counter(f"{p}_dead_letters", "Messages written to the dead-letter topic.",
-                                    registry=r)
-        self.dropped = Counter(f"{p}_dropped_samples",
-                               "Samples dropped within an entity (duplicate or older seq).",
-                               ["reason"], registry=r)
-        self.resets = Counter(f"{p}_entity_resets",
-                              "Entities whose window and state were reset (seq gap, model version).",
-                              ["reason"], registry=r)
-        self.evicted = Counter(f"{p}_entities_evicted", "Entities evicted (idle TTL or slot cap LRU).",
-                               ["reason"], registry=r)
+        self.invalid = Counter(
+            f"{p}_invalid_events", "Invalid messages, sent to the dead-letter topic.", ["reason"], registry=r
+        )
+        self.dead_letters = Counter(
+            f"{p}_dead_letters", "Messages written to the dead-letter topic.", registry=r
+        )
+        self.dropped = Counter(
+            f"{p}_dropped_samples",
+            "Samples dropped within an entity (duplicate or older seq).",
+            ["reason"],
+            registry=r,
+        )
+        self.resets = Counter(
+            f"{p}_entity_resets",
+            "Entities whose window and state were reset (seq gap, model version).",
+            ["reason"],
+            registry=r,
+        )
+        self.evicted = Counter(
+            f"{p}_entities_evicted", "Entities evicted (idle TTL or slot cap LRU).", ["reason"], registry=r
+        )
         self.engine_errors = Counter(f"{p}_engine_errors", "Engine calls that raised.", registry=r)
-        self.isolated = Counter(f"{p}_isolated_windows",
-                                "Windows dropped after isolating an engine failure to them.", registry=r)
-        self.restored = Counter(f"{p}_state_restored_entities",
-                                "Entities restored from the state changelog.", registry=r)
-        self.rebalances = Counter(f"{p}_rebalances", "Partition assignment changes.", ["kind"],
-                                  registry=r)
+        self.isolated = Counter(
+            f"{p}_isolated_windows", "Windows dropped after isolating an engine failure to them.", registry=r
+        )
+        self.restored = Counter(
+            f"{p}_state_restored_entities", "Entities restored from the state changelog.", registry=r
+        )
+        self.rebalances = Counter(f"{p}_rebalances", "Partition assignment changes.", ["kind"], registry=r)
         self.commits = Counter(f"{p}_commits", "Checkpoints committed.", registry=r)
-        self.kafka_errors = Counter(f"{p}_kafka_errors", "Kafka client errors survived (retried).",
-                                    ["op"], registry=r)
+        self.kafka_errors = Counter(
+            f"{p}_kafka_errors", "Kafka client errors survived (retried).", ["op"], registry=r
+        )
         # --- gauges ---
         self.active_entities = Gauge(f"{p}_active_entities", "Entities holding a slot.", registry=r)
         self.slot_capacity = Gauge(f"{p}_slot_capacity", "Slots available for entities.", registry=r)
-        self.lag = Gauge(f"{p}_consumer_lag", "Messages behind the high watermark, per partition.",
-                         ["topic", "partition"], registry=r)
-        self.assigned = Gauge(f"{p}_assigned_partitions", "Partitions assigned to this instance.",
-                              registry=r)
+        self.lag = Gauge(
+            f"{p}_consumer_lag",
+            "Messages behind the high watermark, per partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned = Gauge(f"{p}_assigned_partitions", "Partitions assigned to this instance.", registry=r)
         self.paused = Gauge(f"{p}_paused", "1 while input is paused for backpressure.", registry=r)
         self.queue_depth = Gauge(f"{p}_queue_windows", "Windows waiting for the engine.", registry=r)
-        self.ready = Gauge(f"{p}_ready", "1 once the engine is loaded and partitions are assigned.",
-                           registry=r)
+        self.ready = Gauge(
+            f"{p}_ready", "1 once the engine is loaded and partitions are assigned.", registry=r
+        )
         self.model = Info(f"{p}_model", "The model being served.", registry=r)

@@ -43,8 +43,13 @@ logger = logging.getLogger(__name__)
 
 
 class Service:
-    def __init__(self, settings: Settings, engine: Engine | None = None,
-                 registry: CollectorRegistry | None = REGISTRY, card: ModelCard | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine | None = None,
+        registry: CollectorRegistry | None = REGISTRY,
+        card: ModelCard | None = None,
+    ) -> None:
         self.settings = settings
         self.card = card or load_card(settings.model.artifact)
         self.registry = registry
@@ -58,16 +63,28 @@ class Service:
         self._bad_logged: dict[str, float] = {}
         card = self.card
         ent = settings.entities
-        self.decoder = Decoder(settings.input.format, tuple(card.sample_shape), settings.input.max_message_bytes,
-                               settings.input.max_samples_per_message)
+        self.decoder = Decoder(
+            settings.input.format,
+            tuple(card.sample_shape),
+            settings.input.max_message_bytes,
+            settings.input.max_samples_per_message,
+        )
         self.slots = SlotTable(ent.max_entities)
-        self.windows = WindowStore(ent.max_entities, card.window, card.hop, tuple(card.sample_shape),
-                                   ent.max_seq_gap)
+        self.windows = WindowStore(
+            ent.max_entities, card.window, card.hop, tuple(card.sample_shape), ent.max_seq_gap
+        )
         self.dirty = np.zeros(ent.max_entities, dtype=bool)  # touched since the last checkpoint
         self.tombstones: dict[str, int] = {}  # entity -> partition, deleted since the last checkpoint
         self.metrics.slot_capacity.set(ent.max_entities)
-        self.metrics.model.info({"name": card.name, "version": card.version, "kind": card.kind,
-                                 "backend": settings.model.backend, "device": settings.model.device})
+        self.metrics.model.info(
+            {
+                "name": card.name,
+                "version": card.version,
+                "kind": card.kind,
+                "backend": settings.model.backend,
+                "device": settings.model.device,
+            }
+        )
 
     # --- lifecycle ---
 
@@ -75,20 +92,27 @@ class Service:
         """Connect, load the engine and subscribe; ``run`` then processes until ``stop``."""
         s = self.settings
         if self.registry is not None and s.metrics.port >= 0:
-            self._http = serve_http(self.health, s.metrics.port, s.metrics.host,
-                                    self.registry)
+            self._http = serve_http(self.health, s.metrics.port, s.metrics.host, self.registry)
         ensure_topics(s)
-        engine = self._engine or load_engine(s.model.artifact, s.model.backend, s.model.device,
-                                             max_batch=max(s.batcher.max_batch, 1))
+        engine = self._engine or load_engine(
+            s.model.artifact, s.model.backend, s.model.device, max_batch=max(s.batcher.max_batch, 1)
+        )
         self.engine = engine
         L, hd = self.card.state_shape
         self.slab = make_state_slab(engine.spec.device, s.entities.max_entities, L, hd)
         eos = s.delivery.guarantee == "exactly-once"
         self.producer = make_producer(s, s.transactional_id if eos else None)
-        self.sink = Sink(self.producer, s.topics.output, s.dead_letter_topic, s.changelog_topic,
-                         self.card.model_id, self.card.labels)
-        self.worker = InferenceWorker(engine, self.slab, Batcher(s.batcher.max_batch, s.batcher.max_wait_ms),
-                                      self.sink, self.metrics)
+        self.sink = Sink(
+            self.producer,
+            s.topics.output,
+            s.dead_letter_topic,
+            s.changelog_topic,
+            self.card.model_id,
+            self.card.labels,
+        )
+        self.worker = InferenceWorker(
+            engine, self.slab, Batcher(s.batcher.max_batch, s.batcher.max_wait_ms), self.sink, self.metrics
+        )
         self.consumer = make_consumer(s)
         _await_metadata(self.consumer, s.topics.input)
         self.checkpointer = Checkpointer(self, eos)
@@ -204,9 +228,16 @@ class Service:
             # One line per bad message, rate-limited per reason; never a stack trace.
             if now - self._bad_logged.get(msg.reason, 0.0) > 1.0:
                 self._bad_logged[msg.reason] = now
-                logger.warning("invalid message %s[%d]@%d: %s %s (to %s; similar ones this second "
-                               "are counted, not logged)", msg.topic, msg.partition, msg.offset, msg.reason,
-                               msg.detail[:200], self.settings.dead_letter_topic)
+                logger.warning(
+                    "invalid message %s[%d]@%d: %s %s (to %s; similar ones this second "
+                    "are counted, not logged)",
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    msg.reason,
+                    msg.detail[:200],
+                    self.settings.dead_letter_topic,
+                )
 
     def _backpressure(self) -> None:
         limit = self.settings.batcher.max_queue_windows
@@ -277,8 +308,9 @@ class Service:
                 continue
             entity = key.decode("utf-8", "replace")
             try:
-                st = changelog.decode(value, card.model_id, card.window, tuple(card.sample_shape),
-                                      card.state_shape)
+                st = changelog.decode(
+                    value, card.model_id, card.window, tuple(card.sample_shape), card.state_shape
+                )
             except StateError as exc:
                 self.metrics.resets.labels("state_not_restorable").inc()
                 logger.info("not restoring %s: %s", entity, exc)

@@ -29,22 +29,36 @@ logger = logging.getLogger(__name__)
 def make_producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
     k = settings.kafka
     kw: dict[str, Any] = dict(
-        k.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=k.linger_ms,
-        batch_size=k.producer_batch_bytes, retries=2**31 - 1, delivery_timeout_ms=300_000,
-        max_block_ms=300_000, compression_type=None if k.compression_type == "none" else k.compression_type,
+        k.client_kwargs(),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=k.linger_ms,
+        batch_size=k.producer_batch_bytes,
+        retries=2**31 - 1,
+        delivery_timeout_ms=300_000,
+        max_block_ms=300_000,
+        compression_type=None if k.compression_type == "none" else k.compression_type,
         max_request_size=max(4 * settings.input.max_message_bytes, 1_048_576),
     )
     if transactional_id:
-        kw.update(transactional_id=transactional_id,
-                  transaction_timeout_ms=settings.delivery.transaction_timeout_ms)
+        kw.update(
+            transactional_id=transactional_id, transaction_timeout_ms=settings.delivery.transaction_timeout_ms
+        )
     return KafkaProducer(**kw)
 
 
 class Sink:
     """Publishes to the output, dead-letter and changelog topics."""
 
-    def __init__(self, producer: KafkaProducer, output_topic: str, dead_letter_topic: str,
-                 changelog_topic: str, model_id: str, labels: list[str]) -> None:
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        output_topic: str,
+        dead_letter_topic: str,
+        changelog_topic: str,
+        model_id: str,
+        labels: list[str],
+    ) -> None:
         self.producer = producer
         self.output_topic = output_topic
         self.dead_letter_topic = dead_letter_topic
@@ -67,10 +81,18 @@ class Sink:
         send = self.producer.send
         topic = self.output_topic
         model = self.model_id
-        for ent, sq, ev, sc, lab in zip(batch.entities, batch.seq.tolist(), batch.event_ms.tolist(), rows,
-                                       labels.tolist(), strict=True):
-            doc = {"entity": ent, "seq": sq, "event_time_ms": ev, "emit_time_ms": emit_ms,
-                   "scores": sc, "label": lab, "model": model}
+        for ent, sq, ev, sc, lab in zip(
+            batch.entities, batch.seq.tolist(), batch.event_ms.tolist(), rows, labels.tolist(), strict=True
+        ):
+            doc = {
+                "entity": ent,
+                "seq": sq,
+                "event_time_ms": ev,
+                "emit_time_ms": emit_ms,
+                "scores": sc,
+                "label": lab,
+                "model": model,
+            }
             send(topic, key=ent.encode(), value=orjson.dumps(doc)).add_errback(self._on_error)
         return np.full(len(batch), emit_ms, dtype=np.int64)
 
@@ -79,11 +101,16 @@ class Sink:
         n = 0
         for m in invalid:
             headers = [h for h in m.headers if not h[0].startswith(("error.", "source."))]
-            headers += [("error.reason", m.reason.encode()), ("error.detail", m.detail[:500].encode()),
-                        ("source.topic", m.topic.encode()), ("source.partition", str(m.partition).encode()),
-                        ("source.offset", str(m.offset).encode())]
-            self.producer.send(self.dead_letter_topic, key=m.key, value=m.value,
-                               headers=headers).add_errback(self._on_error)
+            headers += [
+                ("error.reason", m.reason.encode()),
+                ("error.detail", m.detail[:500].encode()),
+                ("source.topic", m.topic.encode()),
+                ("source.partition", str(m.partition).encode()),
+                ("source.offset", str(m.offset).encode()),
+            ]
+            self.producer.send(self.dead_letter_topic, key=m.key, value=m.value, headers=headers).add_errback(
+                self._on_error
+            )
             n += 1
         return n
 
@@ -91,8 +118,9 @@ class Sink:
         """(key, value or None for a tombstone, partition) records, partitioned like the input."""
         n = 0
         for key, value, partition in records:
-            self.producer.send(self.changelog_topic, key=key, value=value,
-                               partition=partition).add_errback(self._on_error)
+            self.producer.send(self.changelog_topic, key=key, value=value, partition=partition).add_errback(
+                self._on_error
+            )
             n += 1
         return n
 

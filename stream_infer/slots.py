@@ -31,7 +31,9 @@ class SlotTable:
         idx = self.index
         return list(dict.fromkeys(e for e in entities if e not in idx))
 
-    def assign(self, entities: list[str], partitions: np.ndarray, now_s: float) -> tuple[np.ndarray, np.ndarray]:
+    def assign(
+        self, entities: list[str], partitions: np.ndarray, now_s: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Slots for ``entities`` [N] (allocating new ones), and which slots are new.
 
         The caller makes room first (``missing`` + ``evict_lru``); running out raises IndexError.

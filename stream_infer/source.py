@@ -38,8 +38,9 @@ def make_consumer(settings: Settings) -> KafkaConsumer:
     )
 
 
-def read_changelog(settings: Settings, partitions: Iterable[int], timeout_s: float = 120.0
-                   ) -> dict[bytes, tuple[int, bytes | None]]:
+def read_changelog(
+    settings: Settings, partitions: Iterable[int], timeout_s: float = 120.0
+) -> dict[bytes, tuple[int, bytes | None]]:
     """Latest value per key in the given changelog partitions: key -> (partition, value).
 
     Reads committed records only, from the beginning to the end offsets taken at the start.
@@ -48,8 +49,13 @@ def read_changelog(settings: Settings, partitions: Iterable[int], timeout_s: flo
     parts = [TopicPartition(settings.changelog_topic, p) for p in sorted(set(partitions))]
     if not parts:
         return {}
-    consumer = KafkaConsumer(**settings.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed", max_poll_records=50_000)
+    consumer = KafkaConsumer(
+        **settings.kafka.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_poll_records=50_000,
+    )
     try:
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)

@@ -15,14 +15,22 @@ from stream_infer.backends.base import EngineSpec
 class LinearEngine:
     name = "linear"
 
-    def __init__(self, input_shape: tuple[int, ...], layers: int = 1, hidden: int = 4, a: float = 0.5,
-                 fail_when: float | None = None) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        layers: int = 1,
+        hidden: int = 4,
+        a: float = 0.5,
+        fail_when: float | None = None,
+    ) -> None:
         self.spec = EngineSpec(input_shape, (layers, hidden), 2, 65_536, "cpu")
         self.a = a
         self.fail_when = fail_when  # raise if any window's mean equals this value (fault injection)
         self.calls = 0
 
-    def infer(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def infer(
+        self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.calls += 1
         m = x.reshape(len(x), -1).mean(axis=1).astype(np.float32)  # [B]
         if self.fail_when is not None and np.any(np.isclose(m, self.fail_when)):

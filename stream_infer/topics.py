@@ -29,8 +29,9 @@ def partitions_of(admin: KafkaAdminClient, topic: str) -> int | None:
     return len(desc[0]["partitions"]) or None
 
 
-def create_topic(admin: KafkaAdminClient, name: str, partitions: int,
-                 configs: dict[str, str] | None = None) -> None:
+def create_topic(
+    admin: KafkaAdminClient, name: str, partitions: int, configs: dict[str, str] | None = None
+) -> None:
     try:
         admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs or {})])
         logger.info("created topic %s (%d partitions)", name, partitions)
@@ -54,15 +55,20 @@ def ensure_topics(settings: Settings, input_partitions_if_missing: int = 4, time
             for name, parts, conf in (
                 (t.output, out_n, {}),
                 (settings.dead_letter_topic, n, {}),
-                (settings.changelog_topic, n, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
-                                               "segment.ms": "600000"}),
+                (
+                    settings.changelog_topic,
+                    n,
+                    {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"},
+                ),
             ):
                 if partitions_of(admin, name) is None:
                     create_topic(admin, name, parts, conf)
         cl = _wait_partitions(admin, settings.changelog_topic, 10.0)
         if cl is not None and cl != n:
-            raise ConfigError(f"changelog topic {settings.changelog_topic!r} has {cl} partitions; "
-                              f"the input {t.input!r} has {n}: they must match")
+            raise ConfigError(
+                f"changelog topic {settings.changelog_topic!r} has {cl} partitions; "
+                f"the input {t.input!r} has {n}: they must match"
+            )
         return n
     finally:
         admin.close()

@@ -35,8 +35,9 @@ class PushStats:
 
 
 class WindowStore:
-    def __init__(self, capacity: int, window: int, hop: int, sample_shape: tuple[int, ...],
-                 max_seq_gap: int) -> None:
+    def __init__(
+        self, capacity: int, window: int, hop: int, sample_shape: tuple[int, ...], max_seq_gap: int
+    ) -> None:
         self.window = window
         self.hop = hop
         self.sample_shape = sample_shape
@@ -53,8 +54,14 @@ class WindowStore:
         self.last_seq[slots] = NO_SEQ
         self.fresh[slots] = True
 
-    def push(self, slots: np.ndarray, seq: np.ndarray, event_ms: np.ndarray, values: np.ndarray,
-             entities: list[str]) -> tuple[WindowBatch, PushStats]:
+    def push(
+        self,
+        slots: np.ndarray,
+        seq: np.ndarray,
+        event_ms: np.ndarray,
+        values: np.ndarray,
+        entities: list[str],
+    ) -> tuple[WindowBatch, PushStats]:
         """Append samples ([N] slots/seq/event_ms, values [N, *shape]) in arrival order."""
         n = len(slots)
         if n == 0:
@@ -136,8 +143,9 @@ class WindowStore:
         )
         return batch, PushStats(duplicates, resets)
 
-    def _slow_seq(self, s_slot: np.ndarray, s_seq: np.ndarray, start: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def _slow_seq(
+        self, s_slot: np.ndarray, s_seq: np.ndarray, start: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact per-sample seq rules, for polls with duplicates or reordering (rare)."""
         accept = np.zeros(len(s_seq), dtype=bool)
         gap = np.zeros(len(s_seq), dtype=bool)
@@ -152,6 +160,12 @@ class WindowStore:
         return accept, gap
 
     def _empty(self) -> WindowBatch:
-        return WindowBatch(np.empty(0, np.int64), [], np.empty(0, np.int64), np.empty(0, np.int64),
-                           np.empty(0, bool), np.empty((0, self.window, *self.sample_shape), np.float32),
-                           time.monotonic())
+        return WindowBatch(
+            np.empty(0, np.int64),
+            [],
+            np.empty(0, np.int64),
+            np.empty(0, np.int64),
+            np.empty(0, bool),
+            np.empty((0, self.window, *self.sample_shape), np.float32),
+            time.monotonic(),
+        )

@@ -40,7 +40,9 @@ _STOP = object()
 
 
 class InferenceWorker(threading.Thread):
-    def __init__(self, engine: Engine, slab: StateSlab, batcher: Batcher, sink: Sink, metrics: Metrics) -> None:
+    def __init__(
+        self, engine: Engine, slab: StateSlab, batcher: Batcher, sink: Sink, metrics: Metrics
+    ) -> None:
         super().__init__(name="inference", daemon=True)
         self.engine = engine
         self.slab = slab
@@ -162,8 +164,12 @@ class InferenceWorker(threading.Thread):
                 return self._run(chunk, retry=False)
             if len(chunk) == 1:
                 self.metrics.isolated.inc()
-                logger.error("engine failed on entity %s seq %d; window dropped: %s",
-                             chunk.entities[0], int(chunk.seq[0]), exc)
+                logger.error(
+                    "engine failed on entity %s seq %d; window dropped: %s",
+                    chunk.entities[0],
+                    int(chunk.seq[0]),
+                    exc,
+                )
                 return None
             half = len(chunk) // 2
             idx = np.arange(len(chunk))

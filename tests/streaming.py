@@ -83,11 +83,17 @@ def produce_json(bootstrap: str, topic: str, messages: Iterable[tuple[str, Any]]
     return n
 
 
-def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 60,
-               committed_only: bool = True) -> list[Any]:
+def read_topic(
+    bootstrap: str, topic: str, expect: int, timeout_s: float = 60, committed_only: bool = True
+) -> list[Any]:
     """Read ``topic`` from the start until ``expect`` records arrived (or the timeout)."""
-    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                      isolation_level="read_committed" if committed_only else "read_uncommitted")
+    c = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+    )
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     while len(out) < expect and time.monotonic() < deadline:

@@ -11,8 +11,13 @@ def test_produce_and_consume_through_the_real_broker(kafka_bootstrap, new_topic)
         producer.send(topic, key=f"k{i % 7}".encode(), value=str(i).encode())
     producer.flush()
     producer.close()
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-                             group_id=None, consumer_timeout_ms=10_000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=10_000,
+    )
     got = []
     for r in consumer:
         got.append(int(r.value))

@@ -14,8 +14,17 @@ W, K, F = 4, 2, 3
 
 
 def card() -> ModelCard:
-    return ModelCard(name="lin", version="1", kind="sensor", window=W, hop=K, sample_shape=[F],
-                     labels=["a", "b"], lstm_layers=1, hidden_size=4)
+    return ModelCard(
+        name="lin",
+        version="1",
+        kind="sensor",
+        window=W,
+        hop=K,
+        sample_shape=[F],
+        labels=["a", "b"],
+        lstm_layers=1,
+        hidden_size=4,
+    )
 
 
 def series(n_entities: int, n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -27,8 +36,10 @@ def messages(data: dict[str, np.ndarray], per_message: int = 1):
     n = len(next(iter(data.values())))
     for start in range(0, n, per_message):
         for e, x in data.items():
-            chunk = [{"seq": i, "ts": 1_700_000_000_000 + i, "values": x[i].tolist()}
-                     for i in range(start, min(n, start + per_message))]
+            chunk = [
+                {"seq": i, "ts": 1_700_000_000_000 + i, "values": x[i].tolist()}
+                for i in range(start, min(n, start + per_message))
+            ]
             yield e, chunk if per_message > 1 else chunk[0]
 
 
@@ -36,7 +47,7 @@ def reference(data):
     eng = LinearEngine((W, F))
     out = {}
     for e, x in data.items():
-        wins = np.stack([x[i:i + W] for i in range(0, len(x) - W + 1, K)])
+        wins = np.stack([x[i : i + W] for i in range(0, len(x) - W + 1, K)])
         out[e] = eng.reference(wins)
     return out
 
@@ -75,7 +86,7 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_good_ones_are_served(kafka
         ("ent-0", b"not json"),
         ("ent-1", {"seq": 100, "values": [1.0, 2.0]}),  # wrong shape
         ("ent-2", {"seq": 101, "values": [1.0, "x", 3.0]}),  # wrong dtype
-        ("ent-3", b'{"seq": 102, "values": [1.0, NaN, 3.0]}'),  # non-finite (JSON extension)
+        ("ent-3", {"seq": 102, "values": [1.0, 1e39, 3.0]}),  # overflows float32: non-finite
         ("ent-3", {"seq": 103, "ts": "yesterday", "values": [1.0, 2.0, 3.0]}),  # bad timestamp
         (None, {"seq": 1, "values": [1.0, 2.0, 3.0]}),  # missing key
     ]
@@ -99,8 +110,9 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_good_ones_are_served(kafka
         idx = (p["seq"] - (W - 1)) // K
         np.testing.assert_allclose(p["scores"], ref[p["entity"]][idx], atol=1e-5)
     reasons = sorted(dict(r.headers)["error.reason"].decode() for r in dlq)
-    assert reasons == sorted(["undecodable", "wrong_shape", "wrong_dtype", "non_finite", "bad_timestamp",
-                              "missing_key"])
+    assert reasons == sorted(
+        ["undecodable", "wrong_shape", "wrong_dtype", "non_finite", "bad_timestamp", "missing_key"]
+    )
     for r in dlq:
         h = dict(r.headers)
         assert h["source.topic"].decode() == topic and int(h["source.offset"]) >= 0

@@ -18,7 +18,7 @@ def _push(store, slots, seqs, vals=None):
 
 
 def reference_windows(samples, w, k):
-    return [samples[i:i + w] for i in range(0, len(samples) - w + 1, k)]
+    return [samples[i : i + w] for i in range(0, len(samples) - w + 1, k)]
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 5, 100])
