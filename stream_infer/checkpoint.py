@@ -81,7 +81,12 @@ class Checkpointer:
             self.offsets.pop(tp, None)
             self._committed.pop(tp, None)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, in_callback: bool = False) -> None:
+        """Run the commit path. ``in_callback``: called from a rebalance callback, which
+        kafka-python runs on the consumer's IO thread, where a blocking offset commit is not
+        allowed; the offsets are then committed asynchronously (best effort: if that commit is
+        lost, the next owner replays into the newer changelog state and drops the replayed
+        samples by seq)."""
         if self.closed:
             return
         svc = self.svc
@@ -102,7 +107,9 @@ class Checkpointer:
             svc.producer.begin_transaction()
         else:
             svc.sink.flush()
-            if offsets and not self._commit(offsets):
+            if offsets and in_callback:
+                svc.consumer.commit_async(offsets, callback=self._async_done)
+            elif offsets and not self._commit(offsets):
                 offsets = {}
         for tp, om in offsets.items():
             self._committed[tp] = om.offset
@@ -110,6 +117,11 @@ class Checkpointer:
         svc.metrics.commit_time.observe(time.perf_counter() - t0)
         if n or offsets:
             logger.debug("checkpoint: %d state records, %d partitions", n, len(offsets))
+
+    def _async_done(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):
+            self.svc.metrics.kafka_errors.labels("commit").inc()
+            logger.info("asynchronous offset commit failed: %s", response)
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
         """Commit offsets; transient broker errors are retried with backoff. A commit refused

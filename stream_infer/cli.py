@@ -150,6 +150,110 @@ def build_engine(
 
 # --- service commands: serve, produce, demo ---
 
+
+@app.command()
+def serve(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML settings file (env vars override it)."
+    ),
+    check: bool = typer.Option(False, "--check", help="Validate the settings and model card, then exit."),
+) -> None:
+    """Run the service: consume, window, infer, publish, checkpoint; SIGTERM drains and commits."""
+    from stream_infer.config import load_settings
+    from stream_infer.errors import StreamInferError
+    from stream_infer.logs import configure_logging
+
+    try:
+        settings = load_settings(config)
+        configure_logging(settings.log_level)
+        from stream_infer.service import Service
+
+        svc = Service(settings)
+        if check:
+            typer.echo(f"settings ok; model {svc.card.model_id} ({svc.card.kind})")
+            return
+        svc.install_signal_handlers()
+        svc.run()
+    except StreamInferError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def produce(
+    topic: str = typer.Option(..., help="Topic to write to."),
+    bootstrap: str = typer.Option(
+        "127.0.0.1:9092", envvar="KAFKA_BOOTSTRAP", help="Kafka bootstrap servers."
+    ),
+    dataset: str = typer.Option(
+        "basicmotions", help="basicmotions, video, or a directory of your recordings."
+    ),
+    split: str = typer.Option("test", help="Which split of the recordings to replay (train, test, all)."),
+    entities: int = typer.Option(40, min=1, help="Interleaved entities (recordings are reused when fewer)."),
+    rate: float = typer.Option(0.0, min=0.0, help="Events per second; 0 sends as fast as possible."),
+    samples_per_message: int = typer.Option(1, min=1, help="Samples per message (json and f32)."),
+    fmt: str = typer.Option("json", "--format", help="json, f32 or image (video only)."),
+    size: int = typer.Option(64, min=8, help="Video frame size (pixels, square)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Replay real recordings (or video frames) into a topic as N interleaved entities."""
+    from stream_infer.errors import StreamInferError
+    from stream_infer.model import datasets
+    from stream_infer.replay import Replayer, frame_streams, sensor_streams
+
+    try:
+        if dataset == "video":
+            clips = [datasets.video_frames(c, size=(size, size)) for c in datasets.video_clips()]
+            streams = frame_streams(clips, entities)
+            fmt = "image"
+        else:
+            recs = (
+                datasets.basic_motions()
+                if dataset == "basicmotions"
+                else datasets.load_recordings(Path(dataset))
+            )
+            if split != "all":
+                recs = recs.subset(split)
+            if not len(recs):
+                raise typer.BadParameter(f"no recordings in split {split!r}", param_hint="--split")
+            if fmt not in ("json", "f32"):
+                raise typer.BadParameter("recordings are sent as json or f32", param_hint="--format")
+            streams = sensor_streams(recs.values, recs.labels, entities)
+        replayer = Replayer(bootstrap, topic, fmt, samples_per_message, rate or None)  # type: ignore[arg-type]
+        n = replayer.run(streams, progress=progress)
+        replayer.close()
+    except StreamInferError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"sent {n} events for {len(streams)} entities to {topic}")
+
+
+@app.command()
+def demo(
+    kind: str = typer.Option("sensor", help="sensor (BasicMotions) or frame (real video per camera)."),
+    entities: int = typer.Option(200, min=1, help="Interleaved entities (cameras for frames)."),
+    rate: float = typer.Option(2000.0, min=0.0, help="Events per second; 0 = as fast as possible."),
+    samples_per_message: int = typer.Option(1, min=1),
+    artifacts: Path = typer.Option(Path("artifacts"), help="Where models are trained or reused."),
+    backend: str = typer.Option("onnxruntime", help="onnxruntime or torch."),
+    metrics_port: int = typer.Option(9100, help="The service's metrics port."),
+) -> None:
+    """The main job end to end: broker, model, service, replay, live summary, final table."""
+    from stream_infer.demo import run_demo
+
+    if kind not in ("sensor", "frame"):
+        raise typer.BadParameter("choose sensor or frame", param_hint="--kind")
+    raise typer.Exit(
+        run_demo(
+            kind,
+            entities,
+            rate,
+            samples_per_message,
+            artifacts=artifacts,
+            backend=backend,
+            metrics_port=metrics_port,
+        )
+    )
+
+
 # --- bench ---
 
 

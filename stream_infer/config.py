@@ -32,6 +32,7 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(45_000, ge=6_000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     max_poll_records: int = Field(5_000, ge=1)
+    poll_timeout_ms: int = Field(100, ge=50, le=1_000)
     fetch_max_bytes: int = Field(52_428_800, ge=1024)
     max_partition_fetch_bytes: int = Field(4_194_304, ge=1024)
     request_timeout_ms: int = Field(30_000, ge=1_000)
@@ -69,11 +70,16 @@ class KafkaSettings(_Section):
                 raise ConfigError(f"kafka.sasl_password_file {self.sasl_password_file}: {exc}") from exc
         return None
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Connection and security settings shared by every kafka-python client."""
+    def client_kwargs(self, role: str) -> dict[str, Any]:
+        """Connection and security settings shared by every kafka-python client.
+
+        Each client gets its own ``client_id`` (``<client_id>-<role>``): kafka-python 3 keys its
+        network loop by client id, and a consumer sharing one with a producer sees the producer's
+        metadata updates as subscription changes and rebalances in a loop.
+        """
         kw: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers.split(","),
-            "client_id": self.client_id,
+            "client_id": f"{self.client_id}-{role}",
             "request_timeout_ms": self.request_timeout_ms,
             "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
             "security_protocol": self.security_protocol,

@@ -4,7 +4,7 @@
 ``f32``    value: little-endian float32 ``[n, F]``; headers ``seq`` (of the first sample; the
            others follow it) and ``ts`` (event time, ms, shared by the n samples).
 ``image``  value: one JPEG or PNG frame; headers ``seq`` and ``ts``; converted to the model's
-           channels and size, scaled to [0, 1].
+           channels and size, as float32 pixel values 0..255 (the model normalises).
 
 The key is the entity id (UTF-8). A message that breaks any rule becomes an ``InvalidMessage``
 with a stable reason and never reaches a window. Good messages of the same poll are decoded in
@@ -171,13 +171,13 @@ class Decoder:
         seq = _seq(_header_int(h, "seq"))
         ts = _ts(h.get("ts"), rec.timestamp)
         try:
-            with Image.open(io.BytesIO(rec.value or b"")) as img:
-                if img.format not in ("JPEG", "PNG"):
-                    raise DecodeError("bad_image", f"format {img.format} is not JPEG or PNG")
-                img = img.convert("L" if c == 1 else "RGB")
+            with Image.open(io.BytesIO(rec.value or b"")) as src:
+                if src.format not in ("JPEG", "PNG"):
+                    raise DecodeError("bad_image", f"format {src.format} is not JPEG or PNG")
+                img = src.convert("L" if c == 1 else "RGB")
                 if img.size != (wid, hgt):
                     img = img.resize((wid, hgt), Image.Resampling.BILINEAR)
-                a = np.asarray(img, dtype=np.float32) / 255.0
+                a = np.asarray(img, dtype=np.float32)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DecodeError("bad_image", str(exc)) from None
         a = a[None] if c == 1 else a.transpose(2, 0, 1)

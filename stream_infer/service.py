@@ -113,8 +113,8 @@ class Service:
         self.worker = InferenceWorker(
             engine, self.slab, Batcher(s.batcher.max_batch, s.batcher.max_wait_ms), self.sink, self.metrics
         )
+        _await_metadata(s)
         self.consumer = make_consumer(s)
-        _await_metadata(self.consumer, s.topics.input)
         self.checkpointer = Checkpointer(self, eos)
         self.worker.start()
         self.health.engine_loaded = True
@@ -140,7 +140,9 @@ class Service:
         commit_s = s.delivery.commit_interval_ms / 1000.0
         next_commit = time.monotonic() + commit_s
         next_lag = time.monotonic()
-        poll_ms = max(1, min(100, int(s.batcher.max_wait_ms) or 1))
+        # Not shorter: kafka-python 3.0 cannot finish a group join inside very short polls
+        # (it restarts the join on every poll), and batching deadlines live in the worker.
+        poll_ms = s.kafka.poll_timeout_ms
         try:
             while not self._stop.is_set():
                 try:
@@ -332,7 +334,13 @@ class Service:
 
 
 class _Listener(ConsumerRebalanceListener):
-    """Revoked: finish in-flight work, checkpoint, drop. Assigned: restore, then process."""
+    """Revoked: finish in-flight work, checkpoint, drop. Assigned: restore, then process.
+
+    kafka-python 3 runs these on the consumer's IO thread while the source thread is blocked
+    in ``poll`` (or ``close``), so they may touch the slots and windows; the inference thread is
+    drained first. Heartbeats wait while they run: restores must finish well within
+    ``session_timeout_ms``.
+    """
 
     def __init__(self, service: Service) -> None:
         self.svc = service
@@ -342,7 +350,7 @@ class _Listener(ConsumerRebalanceListener):
         svc.metrics.rebalances.labels("revoked").inc()
         if not revoked or svc.checkpointer.closed:
             return
-        svc.checkpointer.checkpoint()
+        svc.checkpointer.checkpoint(in_callback=True)
         parts = {tp.partition for tp in revoked}
         svc.drop_partitions(parts)
         svc.checkpointer.forget(revoked)
@@ -375,14 +383,24 @@ class _Listener(ConsumerRebalanceListener):
         self.svc.metrics.ready.set(1 if self.svc.health.ready else 0)
 
 
-def _await_metadata(consumer: Any, topic: str, timeout_s: float = 30.0) -> None:
-    # Subscribing before the client knows the topic's partitions yields an empty assignment.
-    deadline = time.monotonic() + timeout_s
-    while not consumer.partitions_for_topic(topic):
-        if time.monotonic() > deadline:
-            raise ConfigError(f"no partition metadata for input topic {topic!r} after {timeout_s:.0f}s")
-        consumer.topics()
-        time.sleep(0.1)
+def _await_metadata(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Wait until the broker serves the input topic's partitions.
+
+    Asked through a throwaway client: a group consumer that joins before the topic's metadata is
+    known gets an empty assignment, and (kafka-python 3.0) fetching all-topic metadata on the
+    group consumer itself triggers a rejoin that can stall.
+    """
+    from kafka import KafkaConsumer
+
+    probe = KafkaConsumer(**settings.kafka.client_kwargs("probe"), group_id=None)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not probe.partitions_for_topic(settings.topics.input):
+            if time.monotonic() > deadline:
+                raise ConfigError(f"no partition metadata for input topic {settings.topics.input!r}")
+            time.sleep(0.1)
+    finally:
+        probe.close()
 
 
 def _overrun(grace_s: float) -> None:

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 def make_producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
     k = settings.kafka
     kw: dict[str, Any] = dict(
-        k.client_kwargs(),
+        k.client_kwargs("producer"),
         acks="all",
         enable_idempotence=True,
         linger_ms=k.linger_ms,

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def make_consumer(settings: Settings) -> KafkaConsumer:
     k = settings.kafka
     return KafkaConsumer(
-        **k.client_kwargs(),
+        **k.client_kwargs("consumer"),
         group_id=k.group_id,
         group_instance_id=k.group_instance_id,
         enable_auto_commit=False,
@@ -50,7 +50,7 @@ def read_changelog(
     if not parts:
         return {}
     consumer = KafkaConsumer(
-        **settings.kafka.client_kwargs(),
+        **settings.kafka.client_kwargs("changelog"),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",

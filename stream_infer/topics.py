@@ -87,7 +87,7 @@ def _admin(settings: Settings, timeout_s: float) -> KafkaAdminClient:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return KafkaAdminClient(**settings.kafka.client_kwargs())
+            return KafkaAdminClient(**settings.kafka.client_kwargs("admin"))
         except KafkaError as exc:
             if time.monotonic() > deadline:
                 raise ConfigError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc

@@ -3,6 +3,7 @@ KAFKA_BOOTSTRAP names a cluster) and fresh topics per test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -56,8 +57,6 @@ def new_topic(kafka_bootstrap: str) -> Callable[..., str]:
         return name
 
     yield make
-    try:
+    with contextlib.suppress(Exception):
         admin.delete_topics(made)
-    except Exception:
-        pass
     admin.close()

@@ -1,8 +1,9 @@
 """The running service against the real broker, with the LinearEngine (known reference)."""
 
+import urllib.request
+
 import numpy as np
 import pytest
-import urllib.request
 
 from stream_infer.model.card import ModelCard
 from stream_infer.testing import LinearEngine

@@ -1,0 +1,132 @@
+"""The stand-in for upstream producers: replay real recordings or video into a topic.
+
+Each recording (or video clip) becomes one entity; N entities are interleaved round-robin, one
+message (of ``samples_per_message`` samples) per entity per turn, at a target rate or as fast as
+possible. Event time is the wall-clock time a message is produced, so the service's
+event -> publish latency is measured end to end.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from kafka import KafkaProducer
+from tqdm import tqdm
+
+Format = Literal["json", "f32", "image"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    entity: str
+    values: np.ndarray  # [T, F] float32 for sensors; [T, H, W] or [T, H, W, 3] uint8 for frames
+    label: str | None = None
+
+
+def sensor_streams(
+    values: Sequence[np.ndarray], labels: Sequence[str] | None, n_entities: int, prefix: str = "sensor"
+) -> list[Stream]:
+    """``n_entities`` streams cycling over the recordings (entity i replays recording i % R)."""
+    r = len(values)
+    return [
+        Stream(
+            f"{prefix}-{i:05d}",
+            np.asarray(values[i % r], dtype=np.float32),
+            labels[i % r] if labels is not None else None,
+        )
+        for i in range(n_entities)
+    ]
+
+
+def frame_streams(clips: Sequence[np.ndarray], n_cameras: int, prefix: str = "camera") -> list[Stream]:
+    """``n_cameras`` cameras, each showing one of the clips, starting at a different frame."""
+    out = []
+    for i in range(n_cameras):
+        clip = clips[i % len(clips)]
+        shift = (i // len(clips)) * 7 % max(1, len(clip))
+        out.append(Stream(f"{prefix}-{i:03d}", np.roll(clip, -shift, axis=0)))
+    return out
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def messages(
+    streams: Sequence[Stream], fmt: Format, samples_per_message: int = 1
+) -> Iterator[tuple[bytes, int, Any]]:
+    """(key, n_samples, payload builder input) in interleaved order; payloads built at send time."""
+    longest = max(len(s.values) for s in streams)
+    step = 1 if fmt == "image" else samples_per_message
+    for start in range(0, longest, step):
+        for s in streams:
+            if start < len(s.values):
+                yield s.entity.encode(), start, s.values[start : start + step]
+
+
+class Replayer:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        fmt: Format = "json",
+        samples_per_message: int = 1,
+        rate_events_s: float | None = None,
+        producer_kw: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.fmt = fmt
+        self.samples_per_message = samples_per_message
+        self.rate = rate_events_s
+        kw = {"linger_ms": 5, "batch_size": 262_144, "acks": 1, **(producer_kw or {})}
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), **kw)
+
+    def run(self, streams: Sequence[Stream], progress: bool = True) -> int:
+        """Send everything; returns the number of samples (events) sent."""
+        total = sum(len(s.values) for s in streams)
+        bar = tqdm(total=total, unit="ev", disable=not progress, desc=f"replay -> {self.topic}")
+        sent = 0
+        t0 = time.monotonic()
+        for key, seq, chunk in messages(streams, self.fmt, self.samples_per_message):
+            now_ms = time.time_ns() // 1_000_000
+            if self.fmt == "json":
+                docs = [{"seq": seq + i, "ts": now_ms, "values": row} for i, row in enumerate(chunk.tolist())]
+                self.producer.send(
+                    self.topic, key=key, value=orjson.dumps(docs if len(docs) > 1 else docs[0])
+                )
+            elif self.fmt == "f32":
+                self.producer.send(
+                    self.topic,
+                    key=key,
+                    value=np.ascontiguousarray(chunk, "<f4").tobytes(),
+                    headers=[("seq", str(seq).encode()), ("ts", str(now_ms).encode())],
+                )
+            else:
+                self.producer.send(
+                    self.topic,
+                    key=key,
+                    value=encode_jpeg(chunk[0]),
+                    headers=[("seq", str(seq).encode()), ("ts", str(now_ms).encode())],
+                )
+            sent += len(chunk)
+            bar.update(len(chunk))
+            if self.rate:
+                ahead = sent / self.rate - (time.monotonic() - t0)
+                if ahead > 0.005:
+                    time.sleep(ahead)
+        self.producer.flush()
+        bar.close()
+        return sent
+
+    def close(self) -> None:
+        self.producer.close()
