@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from stream_infer.errors import DecodeError
+from stream_infer.metrics import INVALID_REASONS
 from stream_infer.records import InvalidMessage, SampleBatch
 
 logger = logging.getLogger(__name__)

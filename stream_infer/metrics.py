@@ -53,6 +53,25 @@ ENGINE_BUCKETS_S = (
     1.0,
     2.5,
 )
+INVALID_REASONS = (
+    "missing_key",
+    "bad_key",
+    "oversized",
+    "undecodable",
+    "wrong_shape",
+    "wrong_dtype",
+    "non_finite",
+    "bad_timestamp",
+    "bad_seq",
+    "bad_image",
+    "too_many_samples",
+)
+DROP_REASONS = ("duplicate_or_older_seq",)
+RESET_REASONS = ("seq_gap", "state_not_restorable")
+EVICT_REASONS = ("ttl", "lru")
+REBALANCE_KINDS = ("assigned", "revoked", "lost")
+KAFKA_OPS = ("poll", "commit")
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -189,3 +208,15 @@ class Metrics:
             f"{p}_ready", "1 once the engine is loaded and partitions are assigned.", registry=r
         )
         self.model = Info(f"{p}_model", "The model being served.", registry=r)
+        # Every known label value starts at zero, so each series exists from the first scrape
+        # and rate() over it is defined before the first event.
+        for family, values in (
+            (self.invalid, INVALID_REASONS),
+            (self.dropped, DROP_REASONS),
+            (self.resets, RESET_REASONS),
+            (self.evicted, EVICT_REASONS),
+            (self.rebalances, REBALANCE_KINDS),
+            (self.kafka_errors, KAFKA_OPS),
+        ):
+            for v in values:
+                family.labels(v)
