@@ -31,19 +31,7 @@ logger = logging.getLogger(__name__)
 
 Format = Literal["json", "f32", "image"]
 
-REASONS = (
-    "missing_key",
-    "bad_key",
-    "oversized",
-    "undecodable",
-    "wrong_shape",
-    "wrong_dtype",
-    "non_finite",
-    "bad_timestamp",
-    "bad_seq",
-    "bad_image",
-    "too_many_samples",
-)
+REASONS = INVALID_REASONS  # the stable reason labels a DecodeError carries
 
 
 class Record(Protocol):
