@@ -1,0 +1,25 @@
+"""Offline references: the same engine applied to one entity's data hop by hop with carried state."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_infer.backends.base import Engine
+from stream_infer.model.card import ModelCard
+from stream_infer.model.datasets import hop_windows
+
+
+def hop_by_hop(engine: Engine, card: ModelCard, values: np.ndarray) -> np.ndarray:
+    """Scores [n_hops, K] for one entity's samples ``values [T, *sample_shape]``."""
+    layers, hidden = card.state_shape
+    h = np.zeros((layers, 1, hidden), np.float32)
+    c = np.zeros_like(h)
+    if card.kind == "frame":
+        windows = values[:, None]
+    else:
+        windows = hop_windows(values, card.window, card.hop)
+    out = []
+    for w in windows:
+        y, h, c = engine.infer(w.reshape(1, *card.input_shape).astype(np.float32), h, c)
+        out.append(y[0])
+    return np.asarray(out, dtype=np.float32).reshape(len(out), -1)
