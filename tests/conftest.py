@@ -60,3 +60,19 @@ def new_topic(kafka_bootstrap: str) -> Callable[..., str]:
     with contextlib.suppress(Exception):
         admin.delete_topics(made)
     admin.close()
+
+
+@pytest.fixture(scope="session")
+def sensor_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BasicMotions CNN-LSTM artifact (trained once per session, a few seconds)."""
+    from stream_infer.model.zoo import ensure_model
+
+    return ensure_model("sensor", tmp_path_factory.getbasetemp() / "models")
+
+
+@pytest.fixture(scope="session")
+def frame_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LFW face / non-face CNN-LSTM artifact."""
+    from stream_infer.model.zoo import ensure_model
+
+    return ensure_model("frame", tmp_path_factory.getbasetemp() / "models")

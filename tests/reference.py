@@ -14,10 +14,7 @@ def hop_by_hop(engine: Engine, card: ModelCard, values: np.ndarray) -> np.ndarra
     layers, hidden = card.state_shape
     h = np.zeros((layers, 1, hidden), np.float32)
     c = np.zeros_like(h)
-    if card.kind == "frame":
-        windows = values[:, None]
-    else:
-        windows = hop_windows(values, card.window, card.hop)
+    windows = values[:, None] if card.kind == "frame" else hop_windows(values, card.window, card.hop)
     out = []
     for w in windows:
         y, h, c = engine.infer(w.reshape(1, *card.input_shape).astype(np.float32), h, c)

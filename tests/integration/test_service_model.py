@@ -14,7 +14,6 @@ from stream_infer.decode import Decoder
 from stream_infer.model.card import load_card
 from stream_infer.model.datasets import basic_motions, video_clips, video_frames
 from stream_infer.replay import Replayer, encode_jpeg, frame_streams, sensor_streams
-from tests.model.conftest import frame_model, sensor_model  # noqa: F401 (fixtures)
 from tests.reference import hop_by_hop
 from tests.streaming import RunningService, predictions, read_topic, settings_for
 
@@ -90,9 +89,18 @@ def test_video_frames_per_camera_match_the_offline_reference(kafka_bootstrap, ne
         by_entity[p["entity"]].append(p)
     for st in streams:
         # The offline path decodes the same JPEG bytes with the service's decoder.
-        fake = [SimpleNamespace(topic=topic, partition=0, offset=i, timestamp=0, key=st.entity.encode(),
-                                value=encode_jpeg(f), headers=[("seq", str(i).encode()), ("ts", b"1")])
-                for i, f in enumerate(st.values)]
+        fake = [
+            SimpleNamespace(
+                topic=topic,
+                partition=0,
+                offset=i,
+                timestamp=0,
+                key=st.entity.encode(),
+                value=encode_jpeg(f),
+                headers=[("seq", str(i).encode()), ("ts", b"1")],
+            )
+            for i, f in enumerate(st.values)
+        ]
         frames = decoder.decode(fake).samples.values
         ref = hop_by_hop(engine, card, frames)
         ps = by_entity[st.entity]
