@@ -2,6 +2,10 @@
 
 import urllib.request
 
+import json
+from importlib.resources import files
+
+import jsonschema
 import numpy as np
 import pytest
 
@@ -71,6 +75,9 @@ def test_every_hop_gets_one_prediction_equal_to_the_reference(kafka_bootstrap, n
     for p, r in zip(preds, recs, strict=True):
         assert r.key.decode() == p["entity"]
         by_entity.setdefault(p["entity"], []).append(p)
+    schema = json.loads((files("stream_infer") / "schemas" / "prediction.schema.json").read_text())
+    for p in preds:
+        jsonschema.validate(p, schema)
     for e, ps in by_entity.items():
         assert [p["seq"] for p in ps] == list(range(W - 1, 21, K))  # per-entity order kept
         np.testing.assert_allclose([p["scores"] for p in ps], ref[e], atol=1e-5)
