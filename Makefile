@@ -31,9 +31,11 @@ kafka-start: install
 kafka-stop:
 	deploy/local/kafka.sh stop
 
+LINT_PATHS := stream_infer engines tests $(wildcard benches) deploy/tools
+
 lint: install
-	$(BIN)/ruff check stream_infer engines tests benches
-	$(BIN)/ruff format --check stream_infer engines tests benches
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: install
 	$(BIN)/mypy

@@ -29,7 +29,9 @@ def test_every_setting_is_documented_in_the_configuration_reference():
 
 def test_docs_prediction_schema_is_the_packaged_one():
     packaged = ROOT / "stream_infer" / "schemas" / "prediction.schema.json"
-    assert json.loads((ROOT / "docs" / "prediction.schema.json").read_text()) == json.loads(packaged.read_text())
+    assert json.loads((ROOT / "docs" / "prediction.schema.json").read_text()) == json.loads(
+        packaged.read_text()
+    )
 
 
 def test_readme_names_the_two_setup_commands_and_ci_runs_the_test_one():

@@ -1,8 +1,7 @@
 """The running service against the real broker, with the LinearEngine (known reference)."""
 
-import urllib.request
-
 import json
+import urllib.request
 from importlib.resources import files
 
 import jsonschema
