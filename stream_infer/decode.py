@@ -8,7 +8,8 @@
 
 The key is the entity id (UTF-8). A message that breaks any rule becomes an ``InvalidMessage``
 with a stable reason and never reaches a window. Good messages of the same poll are decoded in
-bulk: one numpy conversion per poll, not per message.
+bulk: one numpy conversion per poll, not per message; a poll of valid JSON messages is parsed
+in one comprehension and checked column-wise (``Decoder._decode_json_fast``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import chain
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -32,6 +34,9 @@ logger = logging.getLogger(__name__)
 Format = Literal["json", "f32", "image"]
 
 REASONS = INVALID_REASONS  # the stable reason labels a DecodeError carries
+
+
+_NUMBER_TYPES = frozenset({int, float})
 
 
 class Record(Protocol):
@@ -63,6 +68,82 @@ class Decoder:
     max_samples_per_message: int = 10_000
 
     def decode(self, records: Sequence[Record]) -> DecodeResult:
+        if self.format == "json" and records:
+            fast = self._decode_json_fast(records)
+            if fast is not None:
+                return fast
+        return self._decode_each(records)
+
+    def _decode_json_fast(self, records: Sequence[Record]) -> DecodeResult | None:
+        """A whole poll of JSON messages at once: list-comprehension parsing and column-wise
+        checks, no per-message function calls or exception frames. Returns ``None`` as soon as anything is off the common path (a bad
+        or missing key, an invalid document, an ISO or missing ``ts``, ...); the per-message path
+        then decodes the poll and gives each bad message its exact reason."""
+        f = self.sample_shape[0]
+        try:
+            keys = [r.key for r in records]
+            if not all(keys):
+                return None
+            ents = [k.decode("utf-8") for k in keys]  # type: ignore[union-attr]
+            values = [r.value for r in records]
+            if max(map(len, values)) > self.max_message_bytes:  # type: ignore[arg-type]
+                return None
+            # One loads per message, never over joined values: a value holding two documents
+            # and another holding half of one would re-pair documents with the wrong records.
+            loads = orjson.loads
+            docs = [loads(v) for v in values]  # type: ignore[arg-type]
+        except (UnicodeDecodeError, TypeError, orjson.JSONDecodeError):
+            return None
+        doc_types = set(map(type, docs))
+        counts: list[int] | None = None
+        if doc_types == {dict}:
+            items = docs
+        elif doc_types <= {dict, list}:
+            counts = [len(d) if type(d) is list else 1 for d in docs]
+            if min(counts) == 0 or max(counts) > self.max_samples_per_message:
+                return None
+            items = [it for d in docs for it in (d if type(d) is list else (d,))]
+            if set(map(type, items)) != {dict}:
+                return None
+        else:
+            return None
+        seqs = [it.get("seq") for it in items]
+        times = [it.get("ts") for it in items]
+        vals = [it.get("values") for it in items]
+        if set(map(type, vals)) != {list} or set(map(len, vals)) != {f}:
+            return None
+        value_types = set(map(type, chain.from_iterable(vals)))
+        if not value_types <= _NUMBER_TYPES:
+            return None
+        if set(map(type, seqs)) != {int} or not set(map(type, times)) <= _NUMBER_TYPES:
+            return None
+        try:
+            seq = np.asarray(seqs, dtype=np.int64)
+            ts = np.asarray(times, dtype=np.float64)
+        except OverflowError:
+            return None
+        if seq.min() < 0 or seq.max() >= 2**62 or not (ts.min() >= 0 and ts.max() < 2**53):  # NaN fails too
+            return None
+        event_ms = (
+            np.asarray(times, dtype=np.int64) if float not in set(map(type, times)) else ts.astype(np.int64)
+        )
+        parts = np.fromiter((r.partition for r in records), dtype=np.int32, count=len(records))
+        if value_types == {float}:  # Python floats are doubles: through float64 is exact, and faster
+            flat = np.fromiter(chain.from_iterable(vals), dtype=np.float64, count=len(vals) * f)
+            arr = flat.astype(np.float32).reshape(-1, *self.sample_shape)
+        else:  # ints convert straight to float32 (no double rounding; huge ones become inf)
+            arr = np.asarray(vals, dtype=np.float32).reshape(-1, *self.sample_shape)
+        if counts is not None:
+            rep = np.asarray(counts)
+            parts = np.repeat(parts, rep)
+            ents = [e for e, n in zip(ents, counts, strict=True) for _ in range(n)]
+        finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if not finite.all():
+            return None
+        batch = SampleBatch(entities=ents, seq=seq, event_ms=event_ms, values=arr, partition=parts)
+        return DecodeResult(batch, [], len(records))
+
+    def _decode_each(self, records: Sequence[Record]) -> DecodeResult:
         entities: list[str] = []
         seqs: list[int] = []
         times: list[int] = []
