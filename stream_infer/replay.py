@@ -63,15 +63,34 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
 
 
 def messages(
-    streams: Sequence[Stream], fmt: Format, samples_per_message: int = 1
+    streams: Sequence[Stream], fmt: Format, samples_per_message: int = 1, first_seq: int = 0
 ) -> Iterator[tuple[bytes, int, Any]]:
-    """(key, n_samples, payload builder input) in interleaved order; payloads built at send time."""
+    """(key, seq of the first sample, samples) in interleaved order; payloads built at send time.
+
+    ``first_seq`` offsets every seq, so a later replay of the same entities continues their
+    sequences instead of looking like duplicates."""
     longest = max(len(s.values) for s in streams)
     step = 1 if fmt == "image" else samples_per_message
+    keys = [s.entity.encode() for s in streams]
     for start in range(0, longest, step):
-        for s in streams:
+        for key, s in zip(keys, streams, strict=True):
             if start < len(s.values):
-                yield s.entity.encode(), start, s.values[start : start + step]
+                yield key, first_seq + start, s.values[start : start + step]
+
+
+def payload(
+    fmt: Format, seq: int, chunk: np.ndarray, ts_ms: int
+) -> tuple[bytes, list[tuple[str, bytes]] | None]:
+    """(value, headers) of one message holding ``chunk`` (samples from ``seq`` on) in ``fmt``."""
+    if fmt == "json":
+        rows = chunk.tolist()
+        if len(rows) == 1:
+            return orjson.dumps({"seq": seq, "ts": ts_ms, "values": rows[0]}), None
+        return orjson.dumps([{"seq": seq + i, "ts": ts_ms, "values": r} for i, r in enumerate(rows)]), None
+    headers = [("seq", str(seq).encode()), ("ts", str(ts_ms).encode())]
+    if fmt == "f32":
+        return np.ascontiguousarray(chunk, "<f4").tobytes(), headers
+    return encode_jpeg(chunk[0]), headers
 
 
 class Replayer:
@@ -91,35 +110,22 @@ class Replayer:
         kw = {"linger_ms": 5, "batch_size": 262_144, "acks": 1, **(producer_kw or {})}
         self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), **kw)
 
-    def run(self, streams: Sequence[Stream], progress: bool = True) -> int:
-        """Send everything; returns the number of samples (events) sent."""
+    def run(self, streams: Sequence[Stream], progress: bool = True, first_seq: int = 0) -> int:
+        """Send everything; returns the number of samples (events) sent. Event time (``ts``) is
+        the wall-clock time of the send; with a rate, sends are paced against a monotonic clock
+        (sleeping only when more than 5 ms ahead)."""
         total = sum(len(s.values) for s in streams)
         bar = tqdm(total=total, unit="ev", disable=not progress, desc=f"replay -> {self.topic}")
         sent = 0
         t0 = time.monotonic()
-        for key, seq, chunk in messages(streams, self.fmt, self.samples_per_message):
-            now_ms = time.time_ns() // 1_000_000
-            if self.fmt == "json":
-                docs = [{"seq": seq + i, "ts": now_ms, "values": row} for i, row in enumerate(chunk.tolist())]
-                self.producer.send(
-                    self.topic, key=key, value=orjson.dumps(docs if len(docs) > 1 else docs[0])
-                )
-            elif self.fmt == "f32":
-                self.producer.send(
-                    self.topic,
-                    key=key,
-                    value=np.ascontiguousarray(chunk, "<f4").tobytes(),
-                    headers=[("seq", str(seq).encode()), ("ts", str(now_ms).encode())],
-                )
-            else:
-                self.producer.send(
-                    self.topic,
-                    key=key,
-                    value=encode_jpeg(chunk[0]),
-                    headers=[("seq", str(seq).encode()), ("ts", str(now_ms).encode())],
-                )
+        send = self.producer.send
+        topic, fmt = self.topic, self.fmt
+        for key, seq, chunk in messages(streams, fmt, self.samples_per_message, first_seq):
+            value, headers = payload(fmt, seq, chunk, time.time_ns() // 1_000_000)
+            send(topic, key=key, value=value, headers=headers)
             sent += len(chunk)
-            bar.update(len(chunk))
+            if progress:
+                bar.update(len(chunk))
             if self.rate:
                 ahead = sent / self.rate - (time.monotonic() - t0)
                 if ahead > 0.005:
