@@ -115,7 +115,7 @@ class TopicSettings(_Section):
 
 
 class ModelSettings(_Section):
-    artifact: Path = Path("artifacts/basicmotions")
+    artifact: Path = Path("artifacts/basicmotions-cnnlstm")
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     device: str = "cpu"
 
