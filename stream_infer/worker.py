@@ -50,16 +50,24 @@ class InferenceWorker(threading.Thread):
         self.sink = sink
         self.metrics = metrics
         self.error: BaseException | None = None
-        self.queued = 0  # windows submitted and not yet run (approximate across threads)
+        # Each counter has one writer (submit: the source thread; run: this thread), so reading
+        # their difference from either thread needs no lock and never drifts.
+        self._submitted = 0
+        self._done = 0
         self._q: queue.Queue[Any] = queue.Queue()
         self._input_shape = engine.spec.input_shape
         self._cuda = engine.spec.device.startswith("cuda")
+
+    @property
+    def queued(self) -> int:
+        """Windows submitted and not yet run."""
+        return self._submitted - self._done
 
     # --- called from the source thread ---
 
     def submit(self, wb: WindowBatch) -> None:
         if len(wb):
-            self.queued += len(wb)
+            self._submitted += len(wb)
             self._q.put(wb)
 
     def drain(self, timeout_s: float | None = None) -> None:
@@ -142,7 +150,7 @@ class InferenceWorker(threading.Thread):
         self.metrics.queue_wait.observe_many(started - chunk.enqueued_s)
         self.metrics.batch_size.observe(len(chunk))
         y = self._run(chunk, retry=True)
-        self.queued -= len(chunk)
+        self._done += len(chunk)
         if y is None:
             return
         self.metrics.predictions.inc(len(y[0]))
