@@ -111,6 +111,7 @@ def run(
     threads: int | None = None,
     out_dir: Path = OUT_DIR,
     plots: bool = True,
+    artifact: Path | None = None,
 ) -> Report:
     import torch
 
@@ -126,7 +127,7 @@ def run(
     thread_counts = sorted({threads, 1}, reverse=True)
     min_time_s = 0.05 if quick else 0.2
     n_peak = 1024 if quick else 2048
-    art = ensure_model("sensor", ARTIFACTS)
+    art = artifact or ensure_model("sensor", ARTIFACTS)
     card, model = load_model(art)
     layers, hidden = card.state_shape
     flops = model_flops(model, card.input_shape)
