@@ -256,6 +256,10 @@ def demo(
 
 # --- bench ---
 
+from stream_infer.bench.cli import bench_app  # noqa: E402
+
+app.add_typer(bench_app, name="bench")
+
 
 def main() -> None:
     app()
