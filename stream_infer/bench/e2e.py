@@ -193,6 +193,13 @@ def _latency(
             total = first
             expect = case.entities * ((total - card.window) // card.hop + 1)
             preds = harness.read_predictions(servers, s.topics.output, expect)
+            n_commits = svc.sample("stream_infer_commit_seconds_count")
+            if n_commits:
+                mean_ms = 1000 * svc.sample("stream_infer_commit_seconds_sum") / n_commits
+                report.notes.append(
+                    f"{case.label}: {n_commits:.0f} checkpoints during the latency phases, "
+                    f"{mean_ms:.0f} ms each on average (the source thread polls nothing meanwhile)"
+                )
         finally:
             svc.stop()
             extra += svc.cleanup_topics()
