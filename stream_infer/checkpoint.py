@@ -21,8 +21,17 @@ exactly-once::
     4. commit    commit_transaction(); begin_transaction() for the next interval
 
 Predictions, changelog and offsets become visible to ``read_committed`` readers together or
-not at all. A failed transaction is fatal for the process: it exits and its replacement
-restores the last committed state (the transactional id fences this instance).
+not at all. A transaction that fails, or whose steps 3-4 get no answer within
+``kafka.request_timeout_ms`` (a broker outage; kafka-python 3.0 can also lose a transactional
+request across a broker restart and would wait forever), is abandoned and the instance rewinds::
+
+    1. a new producer with the same transactional id: ``init_transactions`` fences the old one
+       and aborts its open transaction (its predictions and changelog records vanish)
+    2. every assigned partition seeks back to its last committed offset
+    3. the state of those partitions is dropped and restored from the (committed) changelog
+
+so the replayed input recomputes exactly what was aborted. Only ``ProducerFencedError`` (another
+live instance owns the transactional id) is fatal: the process exits.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
     KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
@@ -50,6 +61,7 @@ from tenacity import (
 )
 
 from stream_infer import changelog
+from stream_infer.errors import SinkError
 
 if TYPE_CHECKING:
     from stream_infer.service import Service
@@ -67,9 +79,16 @@ class Checkpointer:
         self.offsets: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._committed: dict[TopicPartition, int] = {}
         self.closed = False
+        # Set when a transaction was abandoned inside a rebalance callback, where the rewind
+        # cannot run (it needs blocking consumer calls); the run loop rewinds before ingesting.
+        self.rewind_pending = False
         if exactly_once:
-            service.producer.init_transactions()
-            service.producer.begin_transaction()
+            self.begin()
+
+    def begin(self) -> None:
+        """Initialise transactions on the (new) producer and open the first transaction."""
+        self.svc.producer.init_transactions()
+        self.svc.producer.begin_transaction()
 
     def track(self, records: list[Any]) -> None:
         """Remember the next offset per partition; called for every polled record batch."""
@@ -87,7 +106,7 @@ class Checkpointer:
         allowed; the offsets are then committed asynchronously (best effort: if that commit is
         lost, the next owner replays into the newer changelog state and drops the replayed
         samples by seq)."""
-        if self.closed:
+        if self.closed or self.rewind_pending:
             return
         svc = self.svc
         t0 = time.perf_counter()
@@ -100,11 +119,21 @@ class Checkpointer:
             tp: OffsetAndMetadata(o, "", -1) for tp, o in self.offsets.items() if self._committed.get(tp) != o
         }
         if self.eos:
-            if offsets:
-                svc.producer.send_offsets_to_transaction(offsets, svc.consumer.group_metadata())
-            svc.producer.commit_transaction()
-            svc.sink.raise_errors()
-            svc.producer.begin_transaction()
+            try:
+                self._commit_transaction(offsets)
+            except ProducerFencedError:
+                raise
+            except (KafkaError, SinkError) as exc:
+                svc.metrics.kafka_errors.labels("transaction").inc()
+                logger.warning(
+                    "transaction abandoned (%s: %s); rewinding to the last committed offsets and state",
+                    type(exc).__name__,
+                    exc,
+                )
+                self.rewind_pending = True
+                if not in_callback:
+                    self.rewind()
+                return
         else:
             svc.sink.flush()
             if offsets and in_callback:
@@ -117,6 +146,65 @@ class Checkpointer:
         svc.metrics.commit_time.observe(time.perf_counter() - t0)
         if n or offsets:
             logger.debug("checkpoint: %d state records, %d partitions", n, len(offsets))
+
+    def _commit_transaction(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Steps 3-4 of the exactly-once path, each bounded by ``request_timeout_ms``.
+
+        ``KafkaProducer.send_offsets_to_transaction`` and ``commit_transaction`` wait without a
+        timeout in kafka-python 3.0, and a request lost across a broker restart never completes;
+        so the transaction manager's results are awaited here with one."""
+        svc = self.svc
+        producer = svc.producer
+        tm = producer._transaction_manager
+        timeout_ms = svc.settings.kafka.request_timeout_ms
+        if offsets:
+            self._await(tm.send_offsets_to_transaction(offsets, svc.consumer.group_metadata()), timeout_ms)
+        self._await(tm.begin_commit(), timeout_ms)
+        svc.sink.raise_errors()
+        producer.begin_transaction()
+
+    def _await(self, result: Any, timeout_ms: int) -> None:
+        self.svc.producer._sender.wakeup()
+        if not result.wait(timeout_ms=timeout_ms):
+            raise KafkaTimeoutError(f"no answer to a transactional request in {timeout_ms} ms")
+
+    def rewind(self) -> None:
+        """Back to the last committed transaction: fence and replace the producer (aborting the
+        open transaction), seek every assigned partition to its committed offset, and reload
+        those partitions' state from the changelog. Runs on the source thread, drained."""
+        svc = self.svc
+        svc.worker.drain()
+        svc.replace_producer()
+        assigned = set(svc.consumer.assignment())
+        svc.drop_partitions({tp.partition for tp in assigned})
+        svc.tombstones.clear()
+        svc.dirty[:] = False
+        self.offsets.clear()
+        for tp in assigned:
+            offset = self._committed.get(tp)
+            if offset is None:
+                offset = self._fetch_committed(tp)
+            if offset is None:
+                if svc.settings.kafka.auto_offset_reset == "earliest":
+                    svc.consumer.seek_to_beginning(tp)
+                else:
+                    svc.consumer.seek_to_end(tp)
+            else:
+                svc.consumer.seek(tp, offset)
+                self.offsets[tp] = self._committed[tp] = offset
+        n = svc.restore_partitions({tp.partition for tp in assigned})
+        self.rewind_pending = False
+        logger.info("rewound %d partitions to their last commit; restored %d entities", len(assigned), n)
+
+    @retry(
+        retry=retry_if_exception_type(KafkaError),
+        wait=wait_exponential(0.2, max=5),
+        stop=stop_after_delay(120),
+        reraise=True,
+    )
+    def _fetch_committed(self, tp: TopicPartition) -> int | None:
+        offset = self.svc.consumer.committed(tp, timeout_ms=self.svc.settings.kafka.request_timeout_ms)
+        return None if offset is None else int(offset)
 
     def _async_done(self, offsets: Any, response: Any) -> None:
         if isinstance(response, Exception):

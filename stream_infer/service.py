@@ -57,6 +57,8 @@ class Service:
         self.health = Health()
         self._engine = engine
         self._stop = threading.Event()
+        self._grace_timer: threading.Timer | None = None
+        self._producer_generation = 0
         self._http: Any = None
         self._started = False
         self.stats: dict[str, int] = defaultdict(int)
@@ -130,8 +132,40 @@ class Service:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop, and exit (code 70) if the shutdown is not done within
+        ``shutdown_grace_s`` of the signal, even if the run loop is blocked on the broker."""
+
+        def handler(*_: Any) -> None:
+            self._start_grace_timer()
+            self.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
+            signal.signal(sig, handler)
+
+    def _start_grace_timer(self) -> None:
+        if self._grace_timer is None:
+            grace = self.settings.shutdown_grace_s
+            self._grace_timer = threading.Timer(grace, _overrun, args=(grace,))
+            self._grace_timer.daemon = True
+            self._grace_timer.start()
+
+    def replace_producer(self) -> None:
+        """A fresh transactional producer with the same transactional id (fencing the old one),
+        for the exactly-once rewind. Call only while the inference thread is drained."""
+        s = self.settings
+        old = self.producer
+        try:
+            old.close(timeout=0)
+        except Exception as exc:  # kafka-python: close(0) raises from its flush before stopping
+            logger.info("closing the abandoned producer: %s", exc)
+        sender = getattr(old, "_sender", None)  # wait until its records' callbacks have all run
+        if sender is not None and sender.is_alive():
+            sender.force_close()
+            sender.join(10)
+        self._producer_generation += 1
+        self.producer = make_producer(s, s.transactional_id, role=f"producer-{self._producer_generation}")
+        self.sink.replace_producer(self.producer)
+        self.checkpointer.begin()
 
     def run(self) -> None:
         if not self._started:
@@ -153,6 +187,11 @@ class Service:
                     time.sleep(0.5)
                     continue
                 self.health.beat()
+                if self.checkpointer.rewind_pending:
+                    # A transaction failed in a rebalance callback: what was just polled is
+                    # refetched after the rewind seeks back.
+                    self.checkpointer.rewind()
+                    continue
                 if polled:
                     self._ingest([r for recs in polled.values() for r in recs])
                 self._backpressure()
@@ -169,10 +208,9 @@ class Service:
     def _shutdown(self) -> None:
         """Stop polling, drain, publish, checkpoint, commit, close; within the grace period."""
         self.health.stopping = True
-        grace = self.settings.shutdown_grace_s
-        timer = threading.Timer(grace, _overrun, args=(grace,))
-        timer.daemon = True
-        timer.start()
+        self._start_grace_timer()
+        timer = self._grace_timer
+        assert timer is not None
         try:
             if self._started and self.worker.error is None:
                 self.checkpointer.checkpoint()

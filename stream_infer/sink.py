@@ -31,10 +31,14 @@ logger = logging.getLogger(__name__)
 _PARTITION_CACHE_MAX = 1_000_000  # entities; cleared (and refilled) past this
 
 
-def make_producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
+def make_producer(
+    settings: Settings, transactional_id: str | None = None, role: str = "producer"
+) -> KafkaProducer:
+    """The one producer of an instance. ``role`` names its client id; a replacement producer
+    (after a failed transaction) gets a new one, as kafka-python 3 keys clients by client id."""
     k = settings.kafka
     kw: dict[str, Any] = dict(
-        k.client_kwargs("producer"),
+        k.client_kwargs(role),
         acks="all",
         enable_idempotence=True,
         linger_ms=k.linger_ms,
@@ -79,6 +83,14 @@ class Sink:
     def _on_error(self, exc: BaseException) -> None:
         with self._lock:
             self._errors.append(exc)
+
+    def replace_producer(self, producer: KafkaProducer) -> None:
+        """Send through ``producer`` from now on (the exactly-once rewind). The caller has
+        closed the abandoned producer, so every errback of its records has run: those delivery
+        errors are moot (its transaction is aborted) and are dropped here."""
+        with self._lock:
+            self._errors = []
+        self.producer = producer
 
     def publish(self, batch: Chunk, scores: np.ndarray) -> np.ndarray:
         """Send one prediction per window, keyed by entity; returns emit times [B] (ms).

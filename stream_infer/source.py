@@ -33,6 +33,9 @@ def make_consumer(settings: Settings) -> KafkaConsumer:
         max_poll_records=k.max_poll_records,
         max_poll_interval_ms=k.max_poll_interval_ms,
         session_timeout_ms=k.session_timeout_ms,
+        # A third of the session, as the broker expects (kafka-python's 3 s default is too
+        # slow for short sessions: a member would learn of a rebalance late).
+        heartbeat_interval_ms=min(3_000, k.session_timeout_ms // 3),
         fetch_max_bytes=k.fetch_max_bytes,
         max_partition_fetch_bytes=k.max_partition_fetch_bytes,
     )
