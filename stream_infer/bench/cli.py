@@ -17,7 +17,7 @@ bench_app = typer.Typer(
 
 _QUICK = typer.Option(False, "--quick", help="Smallest sizes and one repeat (seconds, not minutes).")
 _OUT = typer.Option(OUT_DIR, "--out", help="Where the JSON and PNG files go.")
-NAMES = ("engine", "client", "e2e", "naive", "frames")
+NAMES = ("engine", "client", "e2e", "naive", "frames", "hotpath")
 
 
 def _run(name: str, quick: bool, out: Path) -> Any:
@@ -60,6 +60,12 @@ def naive(quick: bool = _QUICK, out: Path = _OUT) -> None:
 def frames(quick: bool = _QUICK, out: Path = _OUT) -> None:
     """64x64 JPEG video frames end to end through the frame model."""
     _run("frames", quick, out)
+
+
+@bench_app.command()
+def hotpath(quick: bool = _QUICK, out: Path = _OUT) -> None:
+    """Before/after of the hot-path changes, each switched off in turn, in one run."""
+    _run("hotpath", quick, out)
 
 
 @bench_app.command("all")

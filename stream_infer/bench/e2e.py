@@ -48,6 +48,7 @@ def cases(quick: bool) -> list[tuple[harness.Case, int, bool]]:
     return [
         (harness.Case(1000, 1, 200), 2, True),
         (harness.Case(1000, 10, 600), 2, True),
+        (harness.Case(1000, 10, 600, fmt="f32"), 2, False),
         (harness.Case(20_000, 1, 30), 1, False),
         (harness.Case(100_000, 10, 30), 1, False),
     ]
@@ -68,7 +69,7 @@ def run(
         {
             "model": card.model_id,
             "backend": "onnxruntime",
-            "format": "json",
+            "format": "json (and one f32 case)",
             "partitions": harness.PARTITIONS,
             "batcher": {"max_batch": 256, "max_wait_ms": max_wait_ms},
             "latency_phase_s": phase_s,
@@ -98,7 +99,11 @@ def run(
             drains, consumes = [], []
             for _ in range(repeats):
                 s = harness.service_settings(
-                    servers, topic, art, batcher={"max_batch": 256, "max_wait_ms": max_wait_ms}
+                    servers,
+                    topic,
+                    art,
+                    batcher={"max_batch": 256, "max_wait_ms": max_wait_ms},
+                    input={"format": case.fmt},
                 )
                 consumes.append(harness.consume_only(servers, topic, case.messages, s))
                 d, more = harness.drain_backlog(servers, s, case, expect)

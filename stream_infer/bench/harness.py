@@ -47,7 +47,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.entities:,} entities, {self.samples_per_message} sample(s)/msg"
+        fmt = "" if self.fmt == "json" else f", {self.fmt}"
+        return f"{self.entities:,} entities, {self.samples_per_message} sample(s)/msg{fmt}"
 
 
 def sensor_data(entities: int, samples_per_entity: int) -> list[Stream]:
