@@ -8,7 +8,6 @@ committed past a prediction that did not reach the broker.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -130,20 +129,20 @@ class Sink:
             send(topic, key=ent.encode(), value=dumps(doc), partition=part).add_errback(errback)
         return np.full(len(batch), emit_ms, dtype=np.int64)
 
-    def _partitions(self, entities: list[str]) -> list[int | None] | itertools.repeat[None]:
+    def _partitions(self, entities: list[str]) -> list[int | None]:
         """Output partition per entity: what ``DefaultPartitioner`` picks for its key, from a
         cache that is dropped whenever the output topic's partition count changes. ``None``
         (the producer's partitioner decides) for a custom partitioner or unknown metadata."""
         producer = self.producer
         config = getattr(producer, "config", None)
         if config is None or type(config.get("partitioner")) is not DefaultPartitioner:
-            return itertools.repeat(None)
+            return [None] * len(entities)
         try:
             known = producer.partitions_for(self.output_topic)
         except KafkaError:
-            return itertools.repeat(None)
+            return [None] * len(entities)
         if not known:
-            return itertools.repeat(None)
+            return [None] * len(entities)
         if len(known) != self._n_partitions:
             self._partition_of.clear()
             self._sorted_partitions = sorted(known)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def variant(level: int) -> Iterator[None]:
         if level < 2:
             Decoder.decode = Decoder._decode_each  # type: ignore[method-assign]
         if level < 3:
-            Sink._partitions = lambda self, entities: itertools.repeat(None)  # type: ignore[method-assign, assignment]
+            Sink._partitions = lambda self, entities: [None] * len(entities)  # type: ignore[method-assign]
         yield
     finally:
         default_records.calc_crc32c, Decoder.decode, Sink._partitions = saved  # type: ignore[method-assign]
