@@ -20,8 +20,10 @@ from stream_infer.bench.common import (
     Stat,
     delete_topics,
     ensure_broker,
+    figure,
     new_topic_name,
     preload,
+    save,
     topics,
 )
 from stream_infer.replay import frame_streams, messages, payload
@@ -89,6 +91,12 @@ def run(
     report.notes.append(
         f"the frame model takes {card.input_shape}: the decoder converts and resizes each JPEG"
     )
+    if plots:
+        fig, ax, path = figure(report, "throughput", out_dir)
+        ax.barh([r["pipeline"] for r in report.rows], [r["frames/s"] for r in report.rows], color="tab:blue")
+        ax.set_xlabel("frames / s (median)")
+        ax.set_title(f"64x64 JPEG frames end to end, {cameras} cameras")
+        save(report, fig, path)
     return report
 
 
