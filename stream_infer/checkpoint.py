@@ -86,7 +86,8 @@ class Checkpointer:
             self.begin()
 
     def begin(self) -> None:
-        """Initialise transactions on the (new) producer and open the first transaction."""
+        """Initialise transactions on the (new) producer and open the first transaction.
+        ``init_transactions`` is idempotent once it succeeded."""
         self.svc.producer.init_transactions()
         self.svc.producer.begin_transaction()
 

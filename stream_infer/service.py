@@ -8,6 +8,7 @@ is never reused under a window in flight.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -16,9 +17,10 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from stream_infer import changelog
 from stream_infer.backends import Engine, load_engine
@@ -152,7 +154,6 @@ class Service:
     def replace_producer(self) -> None:
         """A fresh transactional producer with the same transactional id (fencing the old one),
         for the exactly-once rewind. Call only while the inference thread is drained."""
-        s = self.settings
         old = self.producer
         try:
             old.close(timeout=0)
@@ -162,10 +163,33 @@ class Service:
         if sender is not None and sender.is_alive():
             sender.force_close()
             sender.join(10)
-        self._producer_generation += 1
-        self.producer = make_producer(s, s.transactional_id, role=f"producer-{self._producer_generation}")
+        self.producer = self._transactional_producer()
         self.sink.replace_producer(self.producer)
         self.checkpointer.begin()
+
+    @retry(
+        retry=retry_if_exception_type(KafkaError),
+        wait=wait_exponential(0.5, max=5),
+        stop=stop_after_delay(300),
+        reraise=True,
+        before_sleep=lambda rs: logger.warning(
+            "no new transactional producer yet (broker away?), retrying: %s",
+            rs.outcome.exception() if rs.outcome else None,
+        ),
+    )
+    def _transactional_producer(self) -> KafkaProducer:
+        """A producer with transactions initialised; retried while the broker is away (the
+        constructor itself fails when it cannot bootstrap)."""
+        s = self.settings
+        self._producer_generation += 1
+        producer = make_producer(s, s.transactional_id, role=f"producer-{self._producer_generation}")
+        try:
+            producer.init_transactions()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=0)
+            raise
+        return producer
 
     def run(self) -> None:
         if not self._started:
