@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.model.conftest import sensor_model  # noqa: F401 (fixture)
 from tests.processes import (
     Feeder,
     ServiceProcess,
@@ -30,6 +29,14 @@ from tests.processes import (
 pytestmark = pytest.mark.integration
 
 GUARANTEES = ["at-least-once", "exactly-once"]
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The BasicMotions model (trained once per session, in the directory tests/model uses)."""
+    from stream_infer.model.zoo import ensure_model
+
+    return ensure_model("sensor", tmp_path_factory.getbasetemp() / "models")
 
 
 @pytest.fixture
@@ -69,15 +76,15 @@ def _check_delivery(
 def test_kill_9_mid_stream_then_restart_loses_nothing(
     kafka_bootstrap,
     new_topic,
-    sensor_model,
+    artifact,
     tmp_path: Path,
     procs,
-    guarantee,  # noqa: F811
+    guarantee,
 ):
     topic = new_topic("kill", partitions=3)
     streams = entity_streams(24, 3)
-    ref = reference(sensor_model, streams)
-    cfg = service_config(kafka_bootstrap, topic, sensor_model, "a", delivery={"guarantee": guarantee})
+    ref = reference(artifact, streams)
+    cfg = service_config(kafka_bootstrap, topic, artifact, "a", delivery={"guarantee": guarantee})
     procs.append(p := ServiceProcess(cfg, tmp_path))
     p.wait_ready()
     feeder = Feeder(kafka_bootstrap, topic, streams, rate=2400).start()
@@ -105,17 +112,17 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
 def test_state_follows_partitions_when_instances_join_and_leave(
     kafka_bootstrap,
     new_topic,
-    sensor_model,
+    artifact,
     tmp_path: Path,
-    procs,  # noqa: F811
+    procs,
 ):
     topic = new_topic("group", partitions=6)
     streams = entity_streams(24, 4, seed=1)
-    ref = reference(sensor_model, streams)
+    ref = reference(artifact, streams)
 
     def start(instance: str) -> ServiceProcess:
         cfg = service_config(
-            kafka_bootstrap, topic, sensor_model, instance, delivery={"guarantee": "exactly-once"}
+            kafka_bootstrap, topic, artifact, instance, delivery={"guarantee": "exactly-once"}
         )
         procs.append(p := ServiceProcess(cfg, tmp_path))
         return p
@@ -146,18 +153,18 @@ def test_broker_outage_of_20s_mid_stream_recovers_by_itself(
     kafka_bootstrap,
     own_broker,
     new_topic,
-    sensor_model,
+    artifact,
     tmp_path: Path,
     procs,
-    guarantee,  # noqa: F811
+    guarantee,
 ):
     topic = new_topic("outage", partitions=3)
     streams = entity_streams(24, 3, seed=2)
-    ref = reference(sensor_model, streams)
+    ref = reference(artifact, streams)
     cfg = service_config(
         kafka_bootstrap,
         topic,
-        sensor_model,
+        artifact,
         "a",
         delivery={"guarantee": guarantee},
         kafka={"request_timeout_ms": 10_000},
@@ -182,18 +189,18 @@ def test_broker_outage_of_20s_mid_stream_recovers_by_itself(
 def test_sigterm_publishes_everything_consumed_and_exits_0_within_the_grace_period(
     kafka_bootstrap,
     new_topic,
-    sensor_model,
+    artifact,
     tmp_path: Path,
-    procs,  # noqa: F811
+    procs,
 ):
     topic = new_topic("term", partitions=3)
     streams = entity_streams(24, 3, seed=3)
-    ref = reference(sensor_model, streams)
+    ref = reference(artifact, streams)
     grace_s = 20
     cfg = service_config(
         kafka_bootstrap,
         topic,
-        sensor_model,
+        artifact,
         "a",
         shutdown_grace_s=grace_s,
         delivery={"commit_interval_ms": 5000},  # the final checkpoint does the work
