@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
 TS0 = 1_700_000_000_000
+
+
+def _client_id(role: str) -> str:
+    """A client id of its own: kafka-python 3 shares one network loop between clients of the
+    same id in a process, so a client left wedged by a broker outage must not serve the next."""
+    return f"test-{role}-{uuid.uuid4().hex[:8]}"
 
 
 def free_port() -> int:
@@ -212,7 +219,9 @@ class Feeder:
 
     def _run(self) -> None:
         try:
-            p = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=2, acks="all")
+            p = KafkaProducer(
+                bootstrap_servers=self.bootstrap, client_id=_client_id("feeder"), linger_ms=2, acks="all"
+            )
             futs = []
             n = max(len(x) for x in self.streams.values())
             t0 = time.monotonic()
@@ -242,6 +251,7 @@ def read_predictions(
     plus a short grace for extra ones (duplicates)."""
     c = KafkaConsumer(
         bootstrap_servers=bootstrap,
+        client_id=_client_id("reader"),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -267,7 +277,9 @@ def read_predictions(
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offsets (0 where none), read without joining the group."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap, client_id=_client_id("offsets"), group_id=group, enable_auto_commit=False
+    )
     try:
         out = {}
         for p in range(partitions):
