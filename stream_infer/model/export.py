@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import pickle
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ def load_model(artifact: str | Path, device: str = "cpu") -> tuple[ModelCard, CN
         model.load_state_dict(state)
     except FileNotFoundError as exc:
         raise ModelError(f"{path}: missing weights") from exc
+    except pickle.UnpicklingError as exc:  # weights_only refused something that is not plain tensors
+        raise ModelError(f"{path}: refused to load (not plain tensor weights): {exc}") from exc
     except (RuntimeError, OSError, ValueError) as exc:
         raise ModelError(
             f"{path}: weights do not load into the model of {artifact / 'model.json'}: {exc}"
