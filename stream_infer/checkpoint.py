@@ -91,10 +91,12 @@ class Checkpointer:
         self.svc.producer.init_transactions()
         self.svc.producer.begin_transaction()
 
-    def track(self, records: list[Any]) -> None:
-        """Remember the next offset per partition; called for every polled record batch."""
-        for r in records:  # records of a partition arrive in offset order
-            self.offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+    def track(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Remember the next offset per partition; called for every poll (records of a partition
+        arrive in offset order, so the last one per partition is enough)."""
+        for tp, recs in polled.items():
+            if recs:
+                self.offsets[tp] = recs[-1].offset + 1
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:

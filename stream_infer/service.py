@@ -217,6 +217,7 @@ class Service:
                     self.checkpointer.rewind()
                     continue
                 if polled:
+                    self.checkpointer.track(polled)
                     self._ingest([r for recs in polled.values() for r in recs])
                 self._backpressure()
                 now = time.monotonic()
@@ -257,7 +258,6 @@ class Service:
 
     def _ingest(self, records: list[Any]) -> None:
         m = self.metrics
-        self.checkpointer.track(records)
         m.messages.inc(len(records))
         res = self.decoder.decode(records)
         if res.invalid:
