@@ -65,7 +65,7 @@ def run_demo(
 ) -> int:
     from stream_infer.model.zoo import ensure_model
 
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
     script = find_kafka_script()
     started_broker = False
     if "KAFKA_BOOTSTRAP" not in os.environ:
