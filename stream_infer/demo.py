@@ -186,6 +186,7 @@ def _read(bootstrap: str, topic: str, streams: list[Stream], card: Any, tally: T
         topic,
         bootstrap_servers=bootstrap.split(","),
         group_id=None,
+        enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     )

@@ -454,7 +454,7 @@ def _await_metadata(settings: Settings, timeout_s: float = 30.0) -> None:
     """
     from kafka import KafkaConsumer
 
-    probe = KafkaConsumer(**settings.kafka.client_kwargs("probe"), group_id=None)
+    probe = KafkaConsumer(**settings.kafka.client_kwargs("probe"), group_id=None, enable_auto_commit=False)
     try:
         deadline = time.monotonic() + timeout_s
         while not probe.partitions_for_topic(settings.topics.input):
