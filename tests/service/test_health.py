@@ -1,0 +1,39 @@
+import urllib.error
+import urllib.request
+
+from prometheus_client import CollectorRegistry
+
+from stream_infer.health import Health, serve_http
+from stream_infer.metrics import Metrics
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_ready_only_with_engine_and_partitions_and_alive_only_while_beating():
+    reg = CollectorRegistry()
+    Metrics(reg)
+    health = Health(stall_timeout_s=0.2)
+    server = serve_http(health, 0, "127.0.0.1", reg)
+    port = server.server_port
+    try:
+        assert _status(port, "/readyz") == 503
+        health.engine_loaded = True
+        assert _status(port, "/readyz") == 503
+        health.partitions_assigned = True
+        assert _status(port, "/readyz") == 200
+        health.beat()
+        assert _status(port, "/healthz") == 200
+        health.last_beat -= 1.0  # the run loop made no progress for a second
+        assert _status(port, "/healthz") == 503
+        health.stopping = True
+        assert _status(port, "/readyz") == 503
+        assert _status(port, "/nope") == 404
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "stream_infer_event_to_publish_seconds_bucket" in body
+    finally:
+        server.shutdown()
