@@ -135,7 +135,7 @@ def run(
         "engine",
         {
             "model": card.model_id,
-            "artifact": str(art),
+            "artifact": art.name,  # the directory name only: no machine paths in published results
             "input_shape": list(card.input_shape),
             "state_shape": list(card.state_shape),
             "batches": list(batches),
