@@ -12,7 +12,6 @@ records whether the C ``crc32c`` module is installed (without it the check runs 
 
 from __future__ import annotations
 
-import argparse
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ from stream_infer.bench.common import (
     OUT_DIR,
     Report,
     Stat,
+    bench_main,
     ensure_broker,
     figure,
     new_topic_name,
@@ -236,15 +236,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--out", type=Path, default=OUT_DIR)
-    a = p.parse_args(argv)
-    report = run(a.quick, a.repeats, a.out)
-    print(report.summary())
-    print(f"wrote {report.write(a.out)}")
-    return 0
+    return bench_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -370,3 +370,20 @@ class OffsetWatch:
 
     def close(self) -> None:
         self._c.close()
+
+
+def bench_main(
+    doc: str | None, run: Callable[[bool, int | None, Path], Report], argv: list[str] | None
+) -> int:
+    """The shared command line of every benchmark module: --quick, --repeats, --out."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--out", type=Path, default=OUT_DIR)
+    a = p.parse_args(argv)
+    report = run(a.quick, a.repeats, a.out)
+    print(report.summary())
+    print(f"wrote {report.write(a.out)}")
+    return 0

@@ -13,7 +13,6 @@ Variants, cumulative in this order:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from stream_infer.bench.common import (
     OUT_DIR,
     Report,
     Stat,
+    bench_main,
     delete_topics,
     ensure_broker,
     figure,
@@ -115,15 +115,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--out", type=Path, default=OUT_DIR)
-    a = p.parse_args(argv)
-    report = run(a.quick, a.repeats, a.out)
-    print(report.summary())
-    print(f"wrote {report.write(a.out)}")
-    return 0
+    return bench_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":
