@@ -128,11 +128,12 @@ class Decoder:
             np.asarray(times, dtype=np.int64) if float not in set(map(type, times)) else ts.astype(np.int64)
         )
         parts = np.fromiter((r.partition for r in records), dtype=np.int32, count=len(records))
-        if value_types == {float}:  # Python floats are doubles: through float64 is exact, and faster
-            flat = np.fromiter(chain.from_iterable(vals), dtype=np.float64, count=len(vals) * f)
-            arr = flat.astype(np.float32).reshape(-1, *self.sample_shape)
-        else:  # ints convert straight to float32 (no double rounding; huge ones become inf)
-            arr = np.asarray(vals, dtype=np.float32).reshape(-1, *self.sample_shape)
+        with np.errstate(over="ignore"):  # overflow becomes inf: rejected as non_finite below
+            if value_types == {float}:  # Python floats are doubles: through float64 is exact, and faster
+                flat = np.fromiter(chain.from_iterable(vals), dtype=np.float64, count=len(vals) * f)
+                arr = flat.astype(np.float32).reshape(-1, *self.sample_shape)
+            else:  # ints convert straight to float32 (no double rounding; huge ones become inf)
+                arr = np.asarray(vals, dtype=np.float32).reshape(-1, *self.sample_shape)
         if counts is not None:
             rep = np.asarray(counts)
             parts = np.repeat(parts, rep)
@@ -261,7 +262,8 @@ class Decoder:
             return np.empty((0, *shape), np.float32), np.zeros(0, bool)
         if self.format == "json":
             flat = [row for msg in values for row in msg]
-            arr = np.asarray(flat, dtype=np.float32).reshape(-1, *shape)
+            with np.errstate(over="ignore"):  # overflow becomes inf: rejected as non_finite below
+                arr = np.asarray(flat, dtype=np.float32).reshape(-1, *shape)
         elif self.format == "f32":
             arr = np.frombuffer(b"".join(values), dtype="<f4").reshape(-1, *shape)
         else:
