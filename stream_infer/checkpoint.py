@@ -6,7 +6,8 @@ at-least-once (default)::
     2. flush     predictions and dead letters acknowledged by the broker (acks=all)
     3. changelog one record per entity touched since the last checkpoint, tombstones for
                  evicted ones; flushed
-    4. commit    the consumed offsets
+    4. commit    the consumed offsets (asynchronously for the periodic checkpoints; waited for
+                 at shutdown)
 
 A crash anywhere before 4 replays the input from the previous commit. Entities whose changelog
 record already holds the newer state drop the replayed samples as duplicates (seq); the others
@@ -103,12 +104,13 @@ class Checkpointer:
             self.offsets.pop(tp, None)
             self._committed.pop(tp, None)
 
-    def checkpoint(self, in_callback: bool = False) -> None:
-        """Run the commit path. ``in_callback``: called from a rebalance callback, which
-        kafka-python runs on the consumer's IO thread, where a blocking offset commit is not
-        allowed; the offsets are then committed asynchronously (best effort: if that commit is
-        lost, the next owner replays into the newer changelog state and drops the replayed
-        samples by seq)."""
+    def checkpoint(self, in_callback: bool = False, wait_commit: bool = True) -> None:
+        """Run the commit path. At-least-once offsets are committed asynchronously when
+        ``wait_commit`` is false (the periodic checkpoints: polling need not wait a round trip)
+        or ``in_callback`` (a rebalance callback runs on kafka-python's IO thread, where a
+        blocking commit is not allowed). That is safe because the offsets go last: if such a
+        commit is lost, the input replays into the newer changelog state and the replayed
+        samples are dropped by seq; the partition is committed again at the next checkpoint."""
         if self.closed or self.rewind_pending:
             return
         svc = self.svc
@@ -139,7 +141,7 @@ class Checkpointer:
                 return
         else:
             svc.sink.flush()
-            if offsets and in_callback:
+            if offsets and (in_callback or not wait_commit):
                 svc.consumer.commit_async(offsets, callback=self._async_done)
             elif offsets and not self._commit(offsets):
                 offsets = {}
@@ -212,7 +214,9 @@ class Checkpointer:
     def _async_done(self, offsets: Any, response: Any) -> None:
         if isinstance(response, Exception):
             self.svc.metrics.kafka_errors.labels("commit").inc()
-            logger.info("asynchronous offset commit failed: %s", response)
+            logger.info("asynchronous offset commit failed (retried at the next checkpoint): %s", response)
+            for tp in offsets:  # not committed after all: the next checkpoint sends it again
+                self._committed.pop(tp, None)
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
         """Commit offsets; transient broker errors are retried with backoff. A commit refused

@@ -222,7 +222,7 @@ class Service:
                 self._backpressure()
                 now = time.monotonic()
                 if now >= next_commit:
-                    self.checkpointer.checkpoint()
+                    self.checkpointer.checkpoint(wait_commit=False)
                     next_commit = time.monotonic() + commit_s
                 if now >= next_lag:
                     self._update_lag()
