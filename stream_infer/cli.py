@@ -57,26 +57,18 @@ def train(
     from stream_infer.model import train as training
 
     try:
-        if data is not None:
-            recs = datasets.load_recordings(data, split_by=split_by, test_fraction=test_fraction, seed=seed)
+        if data is not None or dataset == "basicmotions":
+            if data is not None:
+                recs = datasets.load_recordings(
+                    data, split_by=split_by, test_fraction=test_fraction, seed=seed
+                )
+                default_name = f"{data.resolve().name}-cnnlstm"
+            else:
+                recs, default_name = datasets.basic_motions(), "basicmotions-cnnlstm"
             card = training.train_sensor(
                 recs,
                 out,
-                name=name or f"{data.resolve().name}-cnnlstm",
-                window=window,
-                hop=hop,
-                epochs=epochs or 60,
-                hidden=hidden,
-                layers=layers,
-                lr=lr,
-                seed=seed,
-                progress=progress,
-            )
-        elif dataset == "basicmotions":
-            card = training.train_sensor(
-                datasets.basic_motions(),
-                out,
-                name=name or "basicmotions-cnnlstm",
+                name=name or default_name,
                 window=window,
                 hop=hop,
                 epochs=epochs or 60,
