@@ -15,12 +15,14 @@ from collections.abc import Iterable
 from kafka import KafkaConsumer, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
+from stream_infer import kafka_compat
 from stream_infer.config import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def make_consumer(settings: Settings) -> KafkaConsumer:
+    kafka_compat.apply()  # see kafka_compat: without it a join can silently keep no partitions
     k = settings.kafka
     return KafkaConsumer(
         **k.client_kwargs("consumer"),
