@@ -1,7 +1,9 @@
 """HTTP endpoints: ``/metrics`` (Prometheus text format), ``/healthz`` and ``/readyz``.
 
-``/healthz`` answers 200 while the run loop is alive (it made progress within
-``stall_timeout_s``); ``/readyz`` answers 200 once the engine is loaded and partitions are
+``/healthz`` answers 200 while the run loop is alive: it made progress within
+``stall_timeout_s``, and its consumer has not been out of a settled group membership for longer
+than ``group_timeout_s`` (the broker's own bound on a rebalance: beyond it the member is wedged,
+and a restart is the cure). ``/readyz`` answers 200 once the engine is loaded and partitions are
 assigned. Served from a daemon thread so it never blocks the pipeline.
 """
 
@@ -21,9 +23,11 @@ logger = logging.getLogger(__name__)
 class Health:
     """Liveness and readiness flags the run loop updates."""
 
-    def __init__(self, stall_timeout_s: float = 60.0) -> None:
+    def __init__(self, stall_timeout_s: float = 60.0, group_timeout_s: float = 345.0) -> None:
         self.stall_timeout_s = stall_timeout_s
+        self.group_timeout_s = group_timeout_s
         self.last_beat = time.monotonic()
+        self.unsettled_since: float | None = None
         self.engine_loaded = False
         self.partitions_assigned = False
         self.stopping = False
@@ -31,9 +35,22 @@ class Health:
     def beat(self) -> None:
         self.last_beat = time.monotonic()
 
+    def group_settled(self, settled: bool) -> None:
+        """Record whether the consumer is a settled group member (joined, not rebalancing)."""
+        if settled:
+            self.unsettled_since = None
+        elif self.unsettled_since is None:
+            self.unsettled_since = time.monotonic()
+
+    @property
+    def wedged(self) -> bool:
+        """Out of a settled membership for longer than any rebalance may take."""
+        since = self.unsettled_since
+        return since is not None and time.monotonic() - since >= self.group_timeout_s
+
     @property
     def alive(self) -> bool:
-        return time.monotonic() - self.last_beat < self.stall_timeout_s
+        return time.monotonic() - self.last_beat < self.stall_timeout_s and not self.wedged
 
     @property
     def ready(self) -> bool:
@@ -48,7 +65,9 @@ def serve_http(
     routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
         "/metrics": lambda: (200, generate_latest(registry), CONTENT_TYPE_LATEST),
         "/healthz": lambda: (
-            (200, b"ok\n", "text/plain") if health.alive else (503, b"stalled\n", "text/plain")
+            (200, b"ok\n", "text/plain")
+            if health.alive
+            else (503, b"out of the consumer group\n" if health.wedged else b"stalled\n", "text/plain")
         ),
         "/readyz": lambda: (
             (200, b"ready\n", "text/plain") if health.ready else (503, b"not ready\n", "text/plain")

@@ -35,7 +35,7 @@ from stream_infer.model.card import ModelCard, load_card
 from stream_infer.records import InvalidMessage
 from stream_infer.sink import Sink, make_producer
 from stream_infer.slots import SlotTable
-from stream_infer.source import make_consumer, read_changelog
+from stream_infer.source import group_settled, make_consumer, read_changelog
 from stream_infer.state import make_state_slab
 from stream_infer.topics import ensure_topics
 from stream_infer.windows import WindowStore
@@ -56,7 +56,10 @@ class Service:
         self.card = card or load_card(settings.model.artifact)
         self.registry = registry
         self.metrics = Metrics(registry)
-        self.health = Health()
+        k = settings.kafka
+        # A rebalance the broker has not finished within the rebalance timeout plus a session
+        # will not finish: /healthz then fails and the pod is restarted.
+        self.health = Health(group_timeout_s=(k.max_poll_interval_ms + k.session_timeout_ms) / 1000)
         self._engine = engine
         self._stop = threading.Event()
         self._grace_timer: threading.Timer | None = None
@@ -211,6 +214,7 @@ class Service:
                     time.sleep(0.5)
                     continue
                 self.health.beat()
+                self._watch_group()
                 if self.checkpointer.rewind_pending:
                     # A transaction failed in a rebalance callback: what was just polled is
                     # refetched after the rewind seeks back.
@@ -229,6 +233,16 @@ class Service:
                     next_lag = now + s.metrics.lag_interval_s
         finally:
             self._shutdown()
+
+    def _watch_group(self) -> None:
+        was_wedged = self.health.wedged
+        self.health.group_settled(group_settled(self.consumer))
+        if self.health.wedged and not was_wedged:
+            logger.error(
+                "the consumer has not settled in its group for %.0f s (rebalance timeout plus a "
+                "session): /healthz now fails so that the process is restarted",
+                self.health.group_timeout_s,
+            )
 
     def _shutdown(self) -> None:
         """Stop polling, drain, publish, checkpoint, commit, close; within the grace period."""

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.structs import MemberState
 
 from stream_infer import kafka_compat
 from stream_infer.config import Settings
@@ -41,6 +42,16 @@ def make_consumer(settings: Settings) -> KafkaConsumer:
         fetch_max_bytes=k.fetch_max_bytes,
         max_partition_fetch_bytes=k.max_partition_fetch_bytes,
     )
+
+
+def group_settled(consumer: KafkaConsumer) -> bool:
+    """Whether the consumer is a joined group member with no rebalance under way.
+
+    Reads kafka-python's coordinator state (no public call exposes it); True when that is not
+    available, so a changed client never makes a healthy service look wedged.
+    """
+    state = getattr(getattr(consumer, "_coordinator", None), "state", MemberState.STABLE)
+    return bool(state is MemberState.STABLE)
 
 
 def read_changelog(

@@ -37,3 +37,22 @@ def test_ready_only_with_engine_and_partitions_and_alive_only_while_beating():
         assert "stream_infer_event_to_publish_seconds_bucket" in body
     finally:
         server.shutdown()
+
+
+def test_alive_fails_once_the_consumer_stays_out_of_its_group_past_the_rebalance_bound():
+    reg = CollectorRegistry()
+    Metrics(reg)
+    health = Health(stall_timeout_s=60, group_timeout_s=0.5)
+    server = serve_http(health, 0, "127.0.0.1", reg)
+    port = server.server_port
+    try:
+        health.group_settled(False)  # a rebalance starts
+        assert _status(port, "/healthz") == 200 and not health.wedged
+        health.group_settled(False)  # still under way: the clock is not restarted
+        health.unsettled_since -= 1.0  # type: ignore[operator]
+        assert health.wedged
+        assert _status(port, "/healthz") == 503
+        health.group_settled(True)  # it settled after all
+        assert not health.wedged and _status(port, "/healthz") == 200
+    finally:
+        server.shutdown()
