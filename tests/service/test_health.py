@@ -1,6 +1,7 @@
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from stream_infer.health import Health, serve_http
@@ -47,11 +48,17 @@ def test_alive_fails_once_the_consumer_stays_out_of_its_group_past_the_rebalance
     port = server.server_port
     try:
         health.group_settled(False)  # a rebalance starts
+        since = health.unsettled_since
+        assert since is not None
         assert _status(port, "/healthz") == 200 and not health.wedged
         health.group_settled(False)  # still under way: the clock is not restarted
-        health.unsettled_since -= 1.0  # type: ignore[operator]
+        assert health.unsettled_since == since
+        health.unsettled_since = since - 1.0  # ... and it has now lasted past the bound
         assert health.wedged
         assert _status(port, "/healthz") == 503
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert err.value.read() == b"out of the consumer group\n"
         health.group_settled(True)  # it settled after all
         assert not health.wedged and _status(port, "/healthz") == 200
     finally:
