@@ -289,6 +289,25 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
         c.close(autocommit=False)
 
 
+def open_transaction_records(bootstrap: str, topic: str, partitions: int) -> int:
+    """Records of ``topic`` in transactions still open: the high watermark (read_uncommitted's
+    end) minus the last stable offset (read_committed's end), summed over partitions."""
+    parts = [TopicPartition(topic, p) for p in range(partitions)]
+    ends = {}
+    for iso in ("read_uncommitted", "read_committed"):
+        c = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id=_client_id(f"ends-{iso}"),
+            group_id=None,
+            isolation_level=iso,
+        )
+        try:
+            ends[iso] = c.end_offsets(parts)
+        finally:
+            c.close()
+    return sum(ends["read_uncommitted"][tp] - ends["read_committed"][tp] for tp in parts)
+
+
 def check_against_reference(
     preds: list[dict[str, Any]], ref: dict[tuple[str, int], np.ndarray], atol: float = 1e-4
 ) -> dict[tuple[str, int], int]:

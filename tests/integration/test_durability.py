@@ -21,6 +21,7 @@ from tests.processes import (
     check_against_reference,
     committed_offsets,
     entity_streams,
+    open_transaction_records,
     read_predictions,
     reference,
     service_config,
@@ -90,6 +91,12 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     feeder = Feeder(kafka_bootstrap, topic, streams, rate=2400).start()
     _wait(lambda: feeder.sent > 0.45 * feeder.total, 30, "the feeder")
     _wait(lambda: p.metric("stream_infer_predictions_total") > 0, 30, "the first predictions")
+    if guarantee == "exactly-once":  # kill while an open transaction holds predictions
+        _wait(
+            lambda: open_transaction_records(kafka_bootstrap, f"{topic}.out", 3) > 0,
+            30,
+            "an open transaction",
+        )
     p.kill()  # SIGKILL: no drain, no checkpoint; an open transaction stays open
     feeder.join()
     committed = committed_offsets(kafka_bootstrap, cfg["kafka"]["group_id"], topic, 3)
@@ -102,7 +109,9 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     if guarantee == "exactly-once":
         # The killed instance had written predictions of an open transaction: they were
         # aborted (visible to read_uncommitted only), and recomputed once after the restart.
-        raw = read_predictions(kafka_bootstrap, f"{topic}.out", len(ref), timeout_s=10, committed_only=False)
+        raw = read_predictions(
+            kafka_bootstrap, f"{topic}.out", len(ref) + 1, timeout_s=10, committed_only=False
+        )
         assert len(raw) > len(preds)
     else:
         assert sum(counts.values()) > len(ref), "no replay happened: the kill missed the stream"
