@@ -1,5 +1,15 @@
 """The commit path. Its order is the delivery guarantee, so it is written down here.
 
+The offset invariant: an input offset is committed (or sent to the transaction) only past
+records whose effects are finished: their predictions flushed (or in the transaction), their
+state in the changelog, or the record itself dead-lettered. ``track`` is therefore called by the
+run loop after a poll's records were ingested (decoded, windowed, handed to the inference
+thread, bad ones dead-lettered), never at poll time; a poll whose ingest raised is never
+tracked, so no exception path (shutdown included) can commit past it. The checkpoint then
+drains the inference thread and flushes the producer before the offsets go out, so "handed
+over" becomes "finished" before the commit. After a failure that is not about one record the
+service stops without a checkpoint: the next owner replays from the last commit.
+
 at-least-once (default)::
 
     1. drain     the inference thread runs every queued window; predictions are sent
@@ -37,12 +47,13 @@ live instance owns the transactional id) is fatal: the process exits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-from kafka import TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -61,11 +72,11 @@ from tenacity import (
     wait_exponential,
 )
 
-from stream_infer import changelog
+from stream_infer.config import Settings
+from stream_infer.entities import EntityStore
 from stream_infer.errors import SinkError
-
-if TYPE_CHECKING:
-    from stream_infer.service import Service
+from stream_infer.metrics import Metrics
+from stream_infer.sink import Sink, make_producer
 
 logger = logging.getLogger(__name__)
 
@@ -74,27 +85,54 @@ _GROUP_ERRORS = (RebalanceInProgressError, CommitFailedError, IllegalGenerationE
 
 
 class Checkpointer:
-    def __init__(self, service: Service, exactly_once: bool) -> None:
-        self.svc = service
-        self.eos = exactly_once
+    """Runs the commit path over its collaborators: the group consumer (offsets), the sink (and
+    its producer: flushes, transactions), the entity store (changelog snapshots), ``drain`` (the
+    inference thread's barrier), ``restore`` (reload partitions' state from the changelog, for
+    the exactly-once rewind; returns how many entities), the metrics and the settings."""
+
+    def __init__(
+        self,
+        *,
+        consumer: KafkaConsumer,
+        sink: Sink,
+        store: EntityStore,
+        drain: Callable[[], None],
+        restore: Callable[[set[int]], int],
+        metrics: Metrics,
+        settings: Settings,
+    ) -> None:
+        self.consumer = consumer
+        self.sink = sink
+        self.store = store
+        self.drain = drain
+        self.restore = restore
+        self.metrics = metrics
+        self.settings = settings
+        self.eos = settings.delivery.guarantee == "exactly-once"
         self.offsets: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._committed: dict[TopicPartition, int] = {}
+        self._producer_generation = 0
         self.closed = False
         # Set when a transaction was abandoned inside a rebalance callback, where the rewind
         # cannot run (it needs blocking consumer calls); the run loop rewinds before ingesting.
         self.rewind_pending = False
-        if exactly_once:
+        if self.eos:
             self.begin()
+
+    @property
+    def producer(self) -> KafkaProducer:
+        return self.sink.producer
 
     def begin(self) -> None:
         """Initialise transactions on the (new) producer and open the first transaction.
         ``init_transactions`` is idempotent once it succeeded."""
-        self.svc.producer.init_transactions()
-        self.svc.producer.begin_transaction()
+        self.producer.init_transactions()
+        self.producer.begin_transaction()
 
     def track(self, polled: dict[TopicPartition, list[Any]]) -> None:
-        """Remember the next offset per partition; called for every poll (records of a partition
-        arrive in offset order, so the last one per partition is enough)."""
+        """Mark a poll's records as committable. Call only once every record of ``polled`` was
+        ingested (see the offset invariant above); records of a partition arrive in offset
+        order, so the last one per partition is enough."""
         for tp, recs in polled.items():
             if recs:
                 self.offsets[tp] = recs[-1].offset + 1
@@ -113,13 +151,16 @@ class Checkpointer:
         samples are dropped by seq; the partition is committed again at the next checkpoint."""
         if self.closed or self.rewind_pending:
             return
-        svc = self.svc
         t0 = time.perf_counter()
-        svc.worker.drain()
-        svc.evict_idle()
+        self.drain()
+        s = self.settings
+        evicted = self.store.evict_idle(time.monotonic(), s.entities.idle_ttl_s)
+        if evicted:
+            self.metrics.evicted.labels("ttl").inc(evicted)
+            self.metrics.active_entities.set(len(self.store))
         if not self.eos:
-            svc.sink.flush()
-        n = svc.sink.changelog(self._changelog_records())
+            self.sink.flush()
+        n = self.sink.changelog(self.store.snapshot_dirty())
         offsets = {
             tp: OffsetAndMetadata(o, "", -1) for tp, o in self.offsets.items() if self._committed.get(tp) != o
         }
@@ -129,7 +170,7 @@ class Checkpointer:
             except ProducerFencedError:
                 raise
             except (KafkaError, SinkError) as exc:
-                svc.metrics.kafka_errors.labels("transaction").inc()
+                self.metrics.kafka_errors.labels("transaction").inc()
                 logger.warning(
                     "transaction abandoned (%s: %s); rewinding to the last committed offsets and state",
                     type(exc).__name__,
@@ -140,15 +181,15 @@ class Checkpointer:
                     self.rewind()
                 return
         else:
-            svc.sink.flush()
+            self.sink.flush()
             if offsets and (in_callback or not wait_commit):
-                svc.consumer.commit_async(offsets, callback=self._async_done)
+                self.consumer.commit_async(offsets, callback=self._async_done)
             elif offsets and not self._commit(offsets):
                 offsets = {}
         for tp, om in offsets.items():
             self._committed[tp] = om.offset
-        svc.metrics.commits.inc()
-        svc.metrics.commit_time.observe(time.perf_counter() - t0)
+        self.metrics.commits.inc()
+        self.metrics.commit_time.observe(time.perf_counter() - t0)
         if n or offsets:
             logger.debug("checkpoint: %d state records, %d partitions", n, len(offsets))
 
@@ -158,18 +199,17 @@ class Checkpointer:
         ``KafkaProducer.send_offsets_to_transaction`` and ``commit_transaction`` wait without a
         timeout in kafka-python 3.0, and a request lost across a broker restart never completes;
         so the transaction manager's results are awaited here with one."""
-        svc = self.svc
-        producer = svc.producer
+        producer = self.producer
         tm = producer._transaction_manager
-        timeout_ms = svc.settings.kafka.request_timeout_ms
+        timeout_ms = self.settings.kafka.request_timeout_ms
         if offsets:
-            self._await(tm.send_offsets_to_transaction(offsets, svc.consumer.group_metadata()), timeout_ms)
+            self._await(tm.send_offsets_to_transaction(offsets, self.consumer.group_metadata()), timeout_ms)
         self._await(tm.begin_commit(), timeout_ms)
-        svc.sink.raise_errors()
+        self.sink.raise_errors()
         producer.begin_transaction()
 
     def _await(self, result: Any, timeout_ms: int) -> None:
-        self.svc.producer._sender.wakeup()
+        self.producer._sender.wakeup()
         if not result.wait(timeout_ms=timeout_ms):
             raise KafkaTimeoutError(f"no answer to a transactional request in {timeout_ms} ms")
 
@@ -177,29 +217,67 @@ class Checkpointer:
         """Back to the last committed transaction: fence and replace the producer (aborting the
         open transaction), seek every assigned partition to its committed offset, and reload
         those partitions' state from the changelog. Runs on the source thread, drained."""
-        svc = self.svc
-        svc.worker.drain()
-        svc.replace_producer()
-        assigned = set(svc.consumer.assignment())
-        svc.drop_partitions({tp.partition for tp in assigned})
-        svc.tombstones.clear()
-        svc.dirty[:] = False
+        self.drain()
+        self.replace_producer()
+        consumer = self.consumer
+        assigned = set(consumer.assignment())
+        self.store.drop_partitions({tp.partition for tp in assigned})
+        self.store.reset_pending()
         self.offsets.clear()
         for tp in assigned:
             offset = self._committed.get(tp)
             if offset is None:
                 offset = self._fetch_committed(tp)
             if offset is None:
-                if svc.settings.kafka.auto_offset_reset == "earliest":
-                    svc.consumer.seek_to_beginning(tp)
+                if self.settings.kafka.auto_offset_reset == "earliest":
+                    consumer.seek_to_beginning(tp)
                 else:
-                    svc.consumer.seek_to_end(tp)
+                    consumer.seek_to_end(tp)
             else:
-                svc.consumer.seek(tp, offset)
+                consumer.seek(tp, offset)
                 self.offsets[tp] = self._committed[tp] = offset
-        n = svc.restore_partitions({tp.partition for tp in assigned})
+        n = self.restore({tp.partition for tp in assigned})
         self.rewind_pending = False
         logger.info("rewound %d partitions to their last commit; restored %d entities", len(assigned), n)
+
+    def replace_producer(self) -> None:
+        """A fresh transactional producer with the same transactional id (fencing the old one),
+        for the exactly-once rewind. Call only while the inference thread is drained."""
+        old = self.producer
+        try:
+            old.close(timeout=0)
+        except Exception as exc:  # kafka-python: close(0) raises from its flush before stopping
+            logger.info("closing the abandoned producer: %s", exc)
+        sender = getattr(old, "_sender", None)  # wait until its records' callbacks have all run
+        if sender is not None and sender.is_alive():
+            sender.force_close()
+            sender.join(10)
+        self.sink.replace_producer(self._transactional_producer())
+        self.begin()
+
+    @retry(
+        retry=retry_if_exception_type(KafkaError),
+        wait=wait_exponential(0.5, max=5),
+        stop=stop_after_delay(300),
+        reraise=True,
+        before_sleep=lambda rs: logger.warning(
+            "no new transactional producer yet (broker away?), retrying: %s",
+            rs.outcome.exception() if rs.outcome else None,
+        ),
+    )
+    def _transactional_producer(self) -> KafkaProducer:
+        """A producer with transactions initialised; retried while the broker is away (the
+        constructor itself fails when it cannot bootstrap)."""
+        s = self.settings
+        self._producer_generation += 1
+        producer = make_producer(s, s.transactional_id, role=f"producer-{self._producer_generation}")
+        try:
+            producer.init_transactions()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=0)
+            raise
+        return producer
 
     @retry(
         retry=retry_if_exception_type(KafkaError),
@@ -208,12 +286,12 @@ class Checkpointer:
         reraise=True,
     )
     def _fetch_committed(self, tp: TopicPartition) -> int | None:
-        offset = self.svc.consumer.committed(tp, timeout_ms=self.svc.settings.kafka.request_timeout_ms)
+        offset = self.consumer.committed(tp, timeout_ms=self.settings.kafka.request_timeout_ms)
         return None if offset is None else int(offset)
 
     def _async_done(self, offsets: Any, response: Any) -> None:
         if isinstance(response, Exception):
-            self.svc.metrics.kafka_errors.labels("commit").inc()
+            self.metrics.kafka_errors.labels("commit").inc()
             logger.info("asynchronous offset commit failed (retried at the next checkpoint): %s", response)
             for tp in offsets:  # not committed after all: the next checkpoint sends it again
                 self._committed.pop(tp, None)
@@ -226,7 +304,7 @@ class Checkpointer:
             self._commit_retrying(offsets)
             return True
         except _GROUP_ERRORS as exc:
-            self.svc.metrics.kafka_errors.labels("commit").inc()
+            self.metrics.kafka_errors.labels("commit").inc()
             logger.info(
                 "offset commit deferred (%s); it is retried at the next checkpoint", type(exc).__name__
             )
@@ -240,38 +318,9 @@ class Checkpointer:
     )
     def _commit_retrying(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         try:
-            self.svc.consumer.commit(offsets)
+            self.consumer.commit(offsets)
         except KafkaError as exc:
             if not isinstance(exc, _GROUP_ERRORS):
-                self.svc.metrics.kafka_errors.labels("commit").inc()
+                self.metrics.kafka_errors.labels("commit").inc()
                 logger.warning("offset commit failed, retrying: %s", exc)
             raise
-
-    def _changelog_records(self) -> list[tuple[bytes, bytes | None, int]]:
-        svc = self.svc
-        out: list[tuple[bytes, bytes | None, int]] = [
-            (e.encode(), None, p) for e, p in svc.tombstones.items()
-        ]
-        svc.tombstones.clear()
-        slots = np.flatnonzero(svc.dirty)
-        if len(slots):
-            svc.dirty[slots] = False
-            w = svc.windows
-            h, c = svc.slab.read(slots)
-            values = changelog.encode_many(
-                svc.card.model_id,
-                w.last_seq[slots],
-                w.last_event_ms[slots],
-                w.count[slots],
-                w.fresh[slots],
-                w.tail[slots],
-                h,
-                c,
-            )
-            ents = svc.slots.entity
-            parts = svc.slots.partition[slots].tolist()
-            out.extend(
-                (ents[s].encode(), v, p)  # type: ignore[union-attr]
-                for s, v, p in zip(slots.tolist(), values, parts, strict=True)
-            )
-        return out

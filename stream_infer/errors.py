@@ -49,3 +49,8 @@ class SinkError(StreamInferError):
     """Publishing to Kafka failed after the client's own retries."""
 
     retriable = True
+
+
+class PipelineError(StreamInferError):
+    """A failure that is not about one record (the inference thread died, the producer or the
+    broker failed): the service stops without committing past unfinished records."""

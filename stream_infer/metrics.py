@@ -65,6 +65,7 @@ INVALID_REASONS = (
     "bad_seq",
     "bad_image",
     "too_many_samples",
+    "internal_error",
 )
 DROP_REASONS = ("duplicate_or_older_seq",)
 RESET_REASONS = ("seq_gap", "state_not_restorable")
@@ -179,6 +180,11 @@ class Metrics:
         )
         self.evicted = Counter(
             f"{p}_entities_evicted", "Entities evicted (idle TTL or slot cap LRU).", ["reason"], registry=r
+        )
+        self.split_polls = Counter(
+            f"{p}_split_polls",
+            "Polls with more distinct entities than slots, admitted in parts (raise max_entities).",
+            registry=r,
         )
         self.engine_errors = Counter(f"{p}_engine_errors", "Engine calls that raised.", registry=r)
         self.isolated = Counter(

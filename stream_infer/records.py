@@ -24,6 +24,28 @@ class SampleBatch:
     def __len__(self) -> int:
         return len(self.entities)
 
+    @staticmethod
+    def concat(batches: list[SampleBatch]) -> SampleBatch:
+        return SampleBatch(
+            [e for b in batches for e in b.entities],
+            np.concatenate([b.seq for b in batches]),
+            np.concatenate([b.event_ms for b in batches]),
+            np.concatenate([b.values for b in batches]),
+            np.concatenate([b.partition for b in batches]),
+        )
+
+    def part(self, lo: int, hi: int) -> SampleBatch:
+        """Samples ``lo:hi`` (views, no copies)."""
+        if lo == 0 and hi == len(self):
+            return self
+        return SampleBatch(
+            self.entities[lo:hi],
+            self.seq[lo:hi],
+            self.event_ms[lo:hi],
+            self.values[lo:hi],
+            self.partition[lo:hi],
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class WindowBatch:

@@ -8,7 +8,6 @@ is never reused under a window in flight.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -16,29 +15,25 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
-from kafka import ConsumerRebalanceListener, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from stream_infer import changelog
 from stream_infer.backends import Engine, load_engine
 from stream_infer.batcher import Batcher
 from stream_infer.checkpoint import Checkpointer
 from stream_infer.config import Settings
-from stream_infer.decode import Decoder
-from stream_infer.errors import ConfigError, StateError
+from stream_infer.decode import Decoder, DecodeResult, Record
+from stream_infer.entities import EntityStore, ModelShape
+from stream_infer.errors import ConfigError, PipelineError, SinkError
 from stream_infer.health import Health, serve_http
 from stream_infer.metrics import Metrics
 from stream_infer.model.card import ModelCard, load_card
-from stream_infer.records import InvalidMessage
+from stream_infer.records import InvalidMessage, SampleBatch
 from stream_infer.sink import Sink, make_producer
-from stream_infer.slots import SlotTable
 from stream_infer.source import group_settled, make_consumer, read_changelog
 from stream_infer.state import make_state_slab
 from stream_infer.topics import ensure_topics
-from stream_infer.windows import WindowStore
 from stream_infer.worker import InferenceWorker
 
 logger = logging.getLogger(__name__)
@@ -63,7 +58,6 @@ class Service:
         self._engine = engine
         self._stop = threading.Event()
         self._grace_timer: threading.Timer | None = None
-        self._producer_generation = 0
         self._http: Any = None
         self._started = False
         self.stats: dict[str, int] = defaultdict(int)
@@ -76,12 +70,13 @@ class Service:
             settings.input.max_message_bytes,
             settings.input.max_samples_per_message,
         )
-        self.slots = SlotTable(ent.max_entities)
-        self.windows = WindowStore(
-            ent.max_entities, card.window, card.hop, tuple(card.sample_shape), ent.max_seq_gap
+        self.model_shape = ModelShape(
+            card.model_id,
+            card.window,
+            card.hop,
+            tuple(card.sample_shape),
+            (int(card.state_shape[0]), int(card.state_shape[1])),
         )
-        self.dirty = np.zeros(ent.max_entities, dtype=bool)  # touched since the last checkpoint
-        self.tombstones: dict[str, int] = {}  # entity -> partition, deleted since the last checkpoint
         self.metrics.slot_capacity.set(ent.max_entities)
         self.metrics.model.info(
             {
@@ -104,13 +99,36 @@ class Service:
         engine = self._engine or load_engine(
             s.model.artifact, s.model.backend, s.model.device, max_batch=max(s.batcher.max_batch, 1)
         )
+        eos = s.delivery.guarantee == "exactly-once"
+        self.wire(engine, make_producer(s, s.transactional_id if eos else None))
+        _await_metadata(s)
+        self.consumer = make_consumer(s)
+        self.checkpointer = Checkpointer(
+            consumer=self.consumer,
+            sink=self.sink,
+            store=self.store,
+            drain=self.drain,
+            restore=self.restore_partitions,
+            metrics=self.metrics,
+            settings=s,
+        )
+        self.worker.start()
+        self.health.engine_loaded = True
+        self.consumer.subscribe([s.topics.input], listener=_Listener(self))
+        self._started = True
+
+    def wire(self, engine: Engine, producer: Any, dead_letter_max_bytes: int | None = None) -> None:
+        """Build the pipeline behind the source: entity store, sink, inference thread (not
+        started). ``start`` calls it with the real producer; tests may call it with a
+        ``testing.ListProducer`` to run the ingest path in-process."""
+        s = self.settings
         self.engine = engine
         L, hd = self.card.state_shape
-        self.slab = make_state_slab(engine.spec.device, s.entities.max_entities, L, hd)
-        eos = s.delivery.guarantee == "exactly-once"
-        self.producer = make_producer(s, s.transactional_id if eos else None)
+        ent = s.entities
+        slab = make_state_slab(engine.spec.device, ent.max_entities, L, hd)
+        self.store = EntityStore(ent.max_entities, self.model_shape, slab, ent.max_seq_gap)
         self.sink = Sink(
-            self.producer,
+            producer,
             s.topics.output,
             s.dead_letter_topic,
             s.changelog_topic,
@@ -118,15 +136,8 @@ class Service:
             self.card.labels,
         )
         self.worker = InferenceWorker(
-            engine, self.slab, Batcher(s.batcher.max_batch, s.batcher.max_wait_ms), self.sink, self.metrics
+            engine, slab, Batcher(s.batcher.max_batch, s.batcher.max_wait_ms), self.sink, self.metrics
         )
-        _await_metadata(s)
-        self.consumer = make_consumer(s)
-        self.checkpointer = Checkpointer(self, eos)
-        self.worker.start()
-        self.health.engine_loaded = True
-        self.consumer.subscribe([s.topics.input], listener=_Listener(self))
-        self._started = True
 
     @property
     def metrics_port(self) -> int | None:
@@ -154,46 +165,6 @@ class Service:
             self._grace_timer.daemon = True
             self._grace_timer.start()
 
-    def replace_producer(self) -> None:
-        """A fresh transactional producer with the same transactional id (fencing the old one),
-        for the exactly-once rewind. Call only while the inference thread is drained."""
-        old = self.producer
-        try:
-            old.close(timeout=0)
-        except Exception as exc:  # kafka-python: close(0) raises from its flush before stopping
-            logger.info("closing the abandoned producer: %s", exc)
-        sender = getattr(old, "_sender", None)  # wait until its records' callbacks have all run
-        if sender is not None and sender.is_alive():
-            sender.force_close()
-            sender.join(10)
-        self.producer = self._transactional_producer()
-        self.sink.replace_producer(self.producer)
-        self.checkpointer.begin()
-
-    @retry(
-        retry=retry_if_exception_type(KafkaError),
-        wait=wait_exponential(0.5, max=5),
-        stop=stop_after_delay(300),
-        reraise=True,
-        before_sleep=lambda rs: logger.warning(
-            "no new transactional producer yet (broker away?), retrying: %s",
-            rs.outcome.exception() if rs.outcome else None,
-        ),
-    )
-    def _transactional_producer(self) -> KafkaProducer:
-        """A producer with transactions initialised; retried while the broker is away (the
-        constructor itself fails when it cannot bootstrap)."""
-        s = self.settings
-        self._producer_generation += 1
-        producer = make_producer(s, s.transactional_id, role=f"producer-{self._producer_generation}")
-        try:
-            producer.init_transactions()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                producer.close(timeout=0)
-            raise
-        return producer
-
     def run(self) -> None:
         if not self._started:
             self.start()
@@ -204,6 +175,7 @@ class Service:
         # Not shorter: kafka-python 3.0 cannot finish a group join inside very short polls
         # (it restarts the join on every poll), and batching deadlines live in the worker.
         poll_ms = s.kafka.poll_timeout_ms
+        clean = False
         try:
             while not self._stop.is_set():
                 try:
@@ -221,8 +193,9 @@ class Service:
                     self.checkpointer.rewind()
                     continue
                 if polled:
-                    self.checkpointer.track(polled)
                     self._ingest([r for recs in polled.values() for r in recs])
+                    # Only now: every record of the poll is windowed, handed on or dead-lettered.
+                    self.checkpointer.track(polled)
                 self._backpressure()
                 now = time.monotonic()
                 if now >= next_commit:
@@ -231,8 +204,9 @@ class Service:
                 if now >= next_lag:
                     self._update_lag()
                     next_lag = now + s.metrics.lag_interval_s
+            clean = True
         finally:
-            self._shutdown()
+            self._shutdown(clean)
 
     def _watch_group(self) -> None:
         was_wedged = self.health.wedged
@@ -244,15 +218,20 @@ class Service:
                 self.health.group_timeout_s,
             )
 
-    def _shutdown(self) -> None:
-        """Stop polling, drain, publish, checkpoint, commit, close; within the grace period."""
+    def _shutdown(self, clean: bool) -> None:
+        """Stop polling, drain, publish, checkpoint, commit, close; within the grace period.
+
+        After a failure (``clean`` false) nothing is checkpointed: what the failed poll left
+        half done replays from the last commit, as after kill -9."""
         self.health.stopping = True
         self._start_grace_timer()
         timer = self._grace_timer
         assert timer is not None
         try:
-            if self._started and self.worker.error is None:
+            if self._started and clean and self.worker.error is None:
                 self.checkpointer.checkpoint()
+            elif self._started and not clean:
+                logger.error("stopping after a failure: no checkpoint; input replays from the last commit")
         finally:
             if self._started:
                 self.checkpointer.closed = True
@@ -271,33 +250,113 @@ class Service:
     # --- the source side ---
 
     def _ingest(self, records: list[Any]) -> None:
-        m = self.metrics
-        m.messages.inc(len(records))
-        res = self.decoder.decode(records)
+        """Decode, dead-letter the bad, window the good and hand completed windows on.
+
+        Poison isolation: an exception from the windowing of a whole poll is retried record by
+        record, and a record that still fails is dead-lettered as ``internal_error``; the other
+        records go on. Only a ``PipelineError`` (not about one record) escapes."""
+        self.metrics.messages.inc(len(records))
+        res = self._decode(records)
         if res.invalid:
             self._dead_letter(res.invalid)
-        batch = res.samples
+        try:
+            self._window(res.samples)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            logger.warning(
+                "windowing a poll of %d records failed (%s: %s); retrying record by record",
+                len(records),
+                type(exc).__name__,
+                exc,
+            )
+            dead = {(m.partition, m.offset) for m in res.invalid}
+            for rec in records:
+                if (rec.partition, rec.offset) not in dead:
+                    self._ingest_one(rec)
+
+    def _decode(self, records: list[Any]) -> DecodeResult:
+        try:
+            return self.decoder.decode(records)
+        except Exception as exc:  # decode is built never to raise; if it does, one record at a time
+            logger.warning(
+                "decoding a poll failed (%s: %s); decoding record by record", type(exc).__name__, exc
+            )
+            parts = [self._decode_one(r) for r in records]
+            invalid = [m for p in parts for m in p.invalid]
+            good = [p.samples for p in parts if len(p.samples)]
+            batch = SampleBatch.concat(good) if good else self.decoder.decode([]).samples
+            return DecodeResult(batch, invalid, len(records))
+
+    def _decode_one(self, rec: Record) -> DecodeResult:
+        try:
+            return self.decoder.decode([rec])
+        except Exception as exc:
+            return DecodeResult(self.decoder.decode([]).samples, [_internal_error(rec, exc)], 1)
+
+    def _ingest_one(self, rec: Record) -> None:
+        """One record through decode and windowing; any failure dead-letters it."""
+        try:
+            res = self.decoder.decode([rec])
+            if res.invalid:
+                self._dead_letter(res.invalid)
+            self._window(res.samples)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            self._dead_letter([_internal_error(rec, exc)])
+
+    def _window(self, batch: SampleBatch) -> None:
+        """Admit the samples' entities (evicting the least recently seen when slots run short;
+        in parts when one poll holds more entities than there are slots) and push them into
+        their windows; completed windows go to the inference thread."""
         if not len(batch):
             return
+        m = self.metrics
         m.events.inc(len(batch))
-        now = time.monotonic()
-        missing = self.slots.missing(batch.entities)
-        if len(missing) > self.slots.free:
-            self._evict_lru(len(missing) - self.slots.free)
-        slots, new = self.slots.assign(batch.entities, batch.partition, now)
-        if len(new):
-            self.windows.reset(new)
-        wb, st = self.windows.push(slots, batch.seq, batch.event_ms, batch.values, batch.entities)
-        self.dirty[slots] = True
-        if st.duplicates:
-            m.dropped.labels("duplicate_or_older_seq").inc(st.duplicates)
-        if st.resets:
-            m.resets.labels("seq_gap").inc(st.resets)
-        self.worker.submit(wb)
-        m.active_entities.set(len(self.slots))
+        store = self.store
+        parts = store.parts(batch.entities)
+        if len(parts) > 1:
+            m.split_polls.inc()
+        for lo, hi in parts:
+            part = batch.part(lo, hi)
+            need = store.shortfall(part.entities)
+            if need:
+                # Evict 10% extra to amortise the drain; never an entity of this poll while
+                # others can go, never one of this part.
+                self.drain()
+                extra = need + max(1, store.capacity // 10)
+                protect = set(batch.entities) if len(parts) == 1 else set(part.entities)
+                evicted = store.evict_lru(extra, protect)
+                if evicted < need:
+                    evicted += store.evict_lru(need - evicted, set(part.entities))
+                m.evicted.labels("lru").inc(evicted)
+            wb, st = store.push(part, time.monotonic())
+            if st.duplicates:
+                m.dropped.labels("duplicate_or_older_seq").inc(st.duplicates)
+            if st.resets:
+                m.resets.labels("seq_gap").inc(st.resets)
+            try:
+                self.worker.submit(wb)
+            except Exception as exc:
+                raise PipelineError(f"handing windows to the inference thread failed: {exc}") from exc
+        m.active_entities.set(len(store))
+
+    def drain(self) -> None:
+        """Wait until the inference thread has run and published every window handed to it.
+        Its failure is the pipeline's, not a record's."""
+        try:
+            self.worker.drain()
+        except Exception as exc:
+            raise PipelineError(f"the inference thread failed: {type(exc).__name__}: {exc}") from exc
 
     def _dead_letter(self, invalid: list[InvalidMessage]) -> None:
-        self.sink.dead_letter(invalid)
+        """Send to the dead-letter topic, count, and log once per reason and second. The sink
+        truncates what would not fit; a send that still fails is the pipeline's failure."""
+        try:
+            self.sink.dead_letter(invalid)
+        except (SinkError, KafkaError) as exc:
+            raise PipelineError(f"dead letters cannot be sent: {type(exc).__name__}: {exc}") from exc
         self.metrics.dead_letters.inc(len(invalid))
         now = time.monotonic()
         for msg in invalid:
@@ -342,71 +401,24 @@ class Service:
             if pos is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - pos))
 
-    # --- slots: eviction, drop, restore (only while drained) ---
-
-    def _evict_lru(self, needed: int) -> None:
-        """Make room for ``needed`` new entities, evicting 10% extra to amortise the drain."""
-        self.worker.drain()
-        n = min(len(self.slots), needed + max(1, self.slots.capacity // 10))
-        victims = self.slots.least_recent(n)
-        self._evict(victims, "lru")
-
-    def evict_idle(self) -> None:
-        victims = self.slots.idle(time.monotonic(), self.settings.entities.idle_ttl_s)
-        if len(victims):
-            self._evict(victims, "ttl")
-
-    def _evict(self, slots: np.ndarray, reason: str) -> None:
-        parts = self.slots.partition[slots].tolist()
-        for e, p in zip(self.slots.release(slots), parts, strict=True):
-            self.tombstones[e] = p
-        self._clear(slots)
-        self.metrics.evicted.labels(reason).inc(len(slots))
-        self.metrics.active_entities.set(len(self.slots))
-
-    def _clear(self, slots: np.ndarray) -> None:
-        self.windows.reset(slots)
-        self.slab.zero(slots)
-        self.dirty[slots] = False
+    # --- entities: drop and restore on rebalances (only while drained) ---
 
     def drop_partitions(self, partitions: set[int]) -> None:
-        slots = self.slots.of_partitions(partitions)
-        self.slots.release(slots)
-        self._clear(slots)
-        self.metrics.active_entities.set(len(self.slots))
+        self.store.drop_partitions(partitions)
+        self.metrics.active_entities.set(len(self.store))
 
     def restore_partitions(self, partitions: set[int]) -> int:
         """Load the changelog state of entities in ``partitions``; returns how many."""
         latest = read_changelog(self.settings, partitions)
-        card = self.card
-        now = time.monotonic()
-        restored = 0
-        for key, (part, value) in latest.items():
-            if value is None:
-                continue
-            entity = key.decode("utf-8", "replace")
-            try:
-                st = changelog.decode(
-                    value, card.model_id, card.window, tuple(card.sample_shape), card.state_shape
-                )
-            except StateError as exc:
-                self.metrics.resets.labels("state_not_restorable").inc()
-                logger.info("not restoring %s: %s", entity, exc)
-                continue
-            if self.slots.free == 0:
-                self._evict(self.slots.least_recent(max(1, self.slots.capacity // 10)), "lru")
-            s = self.slots.put(entity, part, now)
-            idx = np.asarray([s])
-            self.windows.tail[s] = st.tail
-            self.windows.count[s] = st.count
-            self.windows.last_seq[s] = st.last_seq
-            self.windows.last_event_ms[s] = st.event_ms
-            self.windows.fresh[s] = st.fresh
-            self.slab.write(idx, st.h[:, None, :], st.c[:, None, :])
-            restored += 1
-        self.metrics.restored.inc(restored)
-        self.metrics.active_entities.set(len(self.slots))
-        return restored
+        r = self.store.restore(latest, time.monotonic())
+        m = self.metrics
+        if r.not_restorable:
+            m.resets.labels("state_not_restorable").inc(r.not_restorable)
+        if r.evicted:
+            m.evicted.labels("lru").inc(r.evicted)
+        m.restored.inc(r.restored)
+        m.active_entities.set(len(self.store))
+        return r.restored
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -437,7 +449,7 @@ class _Listener(ConsumerRebalanceListener):
         svc = self.svc
         svc.metrics.rebalances.labels("assigned").inc()
         if assigned:
-            svc.worker.drain()
+            svc.drain()
             parts = {tp.partition for tp in assigned}
             n = svc.restore_partitions(parts)
             logger.info("assigned partitions %s; restored %d entities", sorted(parts), n)
@@ -447,7 +459,7 @@ class _Listener(ConsumerRebalanceListener):
         # Another member may already own them: drop without committing.
         svc = self.svc
         svc.metrics.rebalances.labels("lost").inc()
-        svc.worker.drain()
+        svc.drain()
         svc.drop_partitions({tp.partition for tp in lost})
         svc.checkpointer.forget(lost)
         self._assigned_gauge()
@@ -477,6 +489,20 @@ def _await_metadata(settings: Settings, timeout_s: float = 30.0) -> None:
             time.sleep(0.1)
     finally:
         probe.close()
+
+
+def _internal_error(rec: Record, exc: BaseException) -> InvalidMessage:
+    """A dead letter for a record that broke a stage in an unforeseen way."""
+    return InvalidMessage(
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        key=rec.key,
+        value=rec.value,
+        headers=list(rec.headers or ()),
+        reason="internal_error",
+        detail=f"{type(exc).__name__}: {exc}"[:500],
+    )
 
 
 def _overrun(grace_s: float) -> None:

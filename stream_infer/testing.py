@@ -1,4 +1,5 @@
-"""Fakes that users of the library need too: an engine with a known, cheap step.
+"""Fakes that users of the library need too: an engine with a known, cheap step, and a producer
+that keeps what it is given (to run the ingest path in-process, without a broker).
 
 ``LinearEngine`` is a real stateful step (no mock): ``h' = tanh(a*h + mean(x))``, ``c' = c + 1``,
 ``y = [h'_0, c'_0]``, so tests can compute the reference by hand and check that state is
@@ -6,6 +7,9 @@ carried, reset and restored per entity.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,4 +55,55 @@ class LinearEngine:
         return np.asarray(out)
 
     def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class SentRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    partition: int | None
+
+
+class _Done:
+    """A future that has succeeded: errbacks never run."""
+
+    def add_errback(self, fn: Any, *args: Any, **kwargs: Any) -> _Done:
+        return self
+
+    def add_callback(self, fn: Any, *args: Any, **kwargs: Any) -> _Done:
+        return self
+
+
+@dataclass
+class ListProducer:
+    """The part of ``KafkaProducer`` the sink uses; every record sent is kept in ``sent``.
+    ``max_request_size`` mimics the client's synchronous size check."""
+
+    max_request_size: int = 1 << 30
+    sent: list[SentRecord] = field(default_factory=list)
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> _Done:
+        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers or ())
+        if size > self.max_request_size:
+            raise ValueError(f"record of {size} bytes > max_request_size {self.max_request_size}")
+        self.sent.append(SentRecord(topic, key, value, list(headers or ()), partition))
+        return _Done()
+
+    def on(self, topic: str) -> list[SentRecord]:
+        return [r for r in self.sent if r.topic == topic]
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
         pass
