@@ -1,9 +1,8 @@
 """Memory of the per-entity structures as distinct entities pass through: flat beyond the slot cap.
 
 Drives the service's real ingest path without a broker - ``Decoder`` (f32 records) ->
-``SlotTable`` (LRU eviction at the cap, idle-TTL eviction on a simulated clock) ->
-``WindowStore.push`` -> ``NumpyStateSlab`` (the completed windows' rows are written, as the
-engine thread would) - and reads the process RSS when 10k, 100k and 1M distinct entities have
+``EntityStore`` (LRU eviction at the cap, idle-TTL eviction on a simulated clock, windows, the
+``NumpyStateSlab`` whose completed windows' rows are written, as the engine thread would) - and reads the process RSS when 10k, 100k and 1M distinct entities have
 been seen. Each scenario runs in a fresh process, so one's memory never hides in another's.
 
     python benches/memory.py            # prints a table, writes docs/benchmarks/memory.json
@@ -60,19 +59,15 @@ def rss_mb() -> float:
 
 def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
     from stream_infer.decode import Decoder
-    from stream_infer.slots import SlotTable
+    from stream_infer.entities import EntityStore, ModelShape
     from stream_infer.state import NumpyStateSlab
-    from stream_infer.windows import WindowStore
 
     Decoder("f32", (F,)).decode([])  # load what decoding imports lazily before the baseline
 
     base = rss_mb()  # the interpreter and the imports
     decoder = Decoder("f32", (F,), 4_194_304, 10_000)
-    slots = SlotTable(cap)
-    windows = WindowStore(cap, W, HOP, (F,), max_seq_gap=100)
-    slab = NumpyStateSlab(cap, LAYERS, HIDDEN)
-    dirty = np.zeros(cap, dtype=bool)
-    tombstones: dict[str, int] = {}  # cleared at every checkpoint, as the service does
+    model = ModelShape("bench@1", W, HOP, (F,), (LAYERS, HIDDEN))
+    store = EntityStore(cap, model, NumpyStateSlab(cap, LAYERS, HIDDEN), max_seq_gap=100)
     allocated = rss_mb()
     rng = np.random.default_rng(0)
     payload = rng.normal(size=(W, F)).astype("<f4").tobytes()  # W samples: one window each
@@ -88,33 +83,23 @@ def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
             for i in range(CHUNK)
         ]
         now += 1.0
-        # Service.evict_idle (at each checkpoint), then Service._ingest
-        idle = slots.idle(now, ttl_s)
-        if len(idle):
-            evicted += _evict(slots, windows, slab, dirty, tombstones, idle)
-        res = decoder.decode(recs)
-        batch = res.samples
-        missing = slots.missing(batch.entities)
-        if len(missing) > slots.free:
-            need = len(missing) - slots.free
-            victims = slots.least_recent(min(len(slots), need + max(1, slots.capacity // 10)))
-            evicted += _evict(slots, windows, slab, dirty, tombstones, victims)
-        sl, new = slots.assign(batch.entities, batch.partition, now)
-        if len(new):
-            windows.reset(new)
-        wb, _ = windows.push(sl, batch.seq, batch.event_ms, batch.values, batch.entities)
-        dirty[sl] = True
+        # The checkpoint's idle eviction, then the service's ingest (Service._window)
+        evicted += store.evict_idle(now, ttl_s)
+        batch = decoder.decode(recs).samples
+        need = store.shortfall(batch.entities)
+        if need:
+            evicted += store.evict_lru(need + max(1, cap // 10), protect=set(batch.entities))
+        wb, _ = store.push(batch, now)
         # the engine thread's scatter of the new state for every completed window
         h = np.full((LAYERS, len(wb), HIDDEN), 0.5, np.float32)
-        slab.scatter(wb.slots, h, h)
-        tombstones.clear()  # the checkpoint writes and forgets them
-        dirty[:] = False
+        store.slab.scatter(wb.slots, h, h)
+        store.snapshot_dirty()  # the checkpoint writes the changelog and clears the marks
         seen += CHUNK
         if seen in CHECKPOINTS:
             rows.append(
                 {
                     "entities_seen": seen,
-                    "active_entities": len(slots),
+                    "active_entities": len(store),
                     "evicted": evicted,
                     "rss_mb": round(rss_mb(), 1),
                     "structures_mb": round(rss_mb() - base, 1),
@@ -132,16 +117,6 @@ def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
             "checkpoints": rows,
         }
     )
-
-
-def _evict(slots: Any, windows: Any, slab: Any, dirty: Any, tombstones: dict[str, int], victims: Any) -> int:
-    parts = slots.partition[victims].tolist()
-    for e, p in zip(slots.release(victims), parts, strict=True):
-        tombstones[e] = p
-    windows.reset(victims)
-    slab.zero(victims)
-    dirty[victims] = False
-    return len(victims)
 
 
 def main() -> None:
