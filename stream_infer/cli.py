@@ -148,7 +148,11 @@ def serve(
     config: Path | None = typer.Option(
         None, "--config", "-c", help="YAML settings file (env vars override it)."
     ),
-    check: bool = typer.Option(False, "--check", help="Validate the settings and model card, then exit."),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Validate the settings and model card, reach Kafka, print how dead letters are sized, then exit.",
+    ),
 ) -> None:
     """Run the service: consume, window, infer, publish, checkpoint; SIGTERM drains and commits."""
     from stream_infer.config import load_settings
@@ -162,7 +166,10 @@ def serve(
 
         svc = Service(settings)
         if check:
+            from stream_infer.topics import dead_letter_rule
+
             typer.echo(f"settings ok; model {svc.card.model_id} ({svc.card.kind})")
+            typer.echo(dead_letter_rule(settings))
             return
         svc.install_signal_handlers()
         svc.run()

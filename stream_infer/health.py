@@ -9,6 +9,7 @@ assigned. Served from a daemon thread so it never blocks the pipeline.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from stream_infer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,10 @@ class Health:
 def serve_http(
     health: Health, port: int, host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY
 ) -> ThreadingHTTPServer:
-    """Start the endpoints on ``host:port`` (port 0 picks a free one; see ``server_port``)."""
+    """Start the endpoints on ``host:port`` (port 0 picks a free one; see ``server_port``).
+
+    Raises ``ConfigError`` naming the port when it cannot be bound (in use, or a host that is
+    not this machine's)."""
 
     routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
         "/metrics": lambda: (200, generate_latest(registry), CONTENT_TYPE_LATEST),
@@ -87,7 +93,11 @@ def serve_http(
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             logger.debug("http: " + format, *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        cause = "in use" if exc.errno == errno.EADDRINUSE else f"not available: {exc.strerror or exc}"
+        raise ConfigError(f"metrics.port {port} on {host} is {cause}") from exc
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

@@ -29,6 +29,18 @@ logger = logging.getLogger(__name__)
 
 _PARTITION_CACHE_MAX = 1_000_000  # entities; cleared (and refilled) past this
 
+# Room a dead-letter topic keeps beside the largest value it takes: the key, the original headers,
+# the ``error.*`` and ``source.*`` headers and the record batch's own framing. topics.py creates
+# the dead-letter topic with ``max.message.bytes`` = ``input.max_message_bytes`` + this.
+DEAD_LETTER_HEADROOM_BYTES = 65_536
+_RECORD_OVERHEAD_BYTES = 512  # batch header (61 B), record framing and varints, with margin
+_HEADER_OVERHEAD_BYTES = 10  # the two varints of one header, at most
+
+
+def max_request_bytes(settings: Settings) -> int:
+    """The producer's ``max_request_size``: it refuses a larger record before sending it."""
+    return max(4 * settings.input.max_message_bytes, 1_048_576)
+
 
 def make_producer(
     settings: Settings, transactional_id: str | None = None, role: str = "producer"
@@ -46,7 +58,7 @@ def make_producer(
         delivery_timeout_ms=300_000,
         max_block_ms=300_000,
         compression_type=None if k.compression_type == "none" else k.compression_type,
-        max_request_size=max(4 * settings.input.max_message_bytes, 1_048_576),
+        max_request_size=max_request_bytes(settings),
     )
     if transactional_id:
         kw.update(
@@ -66,13 +78,18 @@ class Sink:
         changelog_topic: str,
         model_id: str,
         labels: list[str],
+        *,
+        dead_letter_max_bytes: int = 1_048_576 - DEAD_LETTER_HEADROOM_BYTES,
     ) -> None:
+        """``dead_letter_max_bytes``: the largest dead-letter value the dead-letter topic takes
+        (``topics.dead_letter_limit_bytes``); the default fits Kafka's default 1 MiB topic."""
         self.producer = producer
         self.output_topic = output_topic
         self.dead_letter_topic = dead_letter_topic
         self.changelog_topic = changelog_topic
         self.model_id = model_id
         self.labels = np.asarray(labels, dtype=object)
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self._errors: list[BaseException] = []
         self._partition_of: dict[str, int] = {}  # entity -> output partition (publish's cache)
         self._sorted_partitions: list[int] = []
@@ -161,20 +178,52 @@ class Sink:
         return out
 
     def dead_letter(self, invalid: Iterable[InvalidMessage]) -> int:
-        """Original key, value and headers, plus ``error.*`` and ``source.*`` headers."""
+        """Original key, value and headers, plus ``error.*`` and ``source.*`` headers, cut to fit
+        the dead-letter topic so that one big bad message cannot stop the service.
+
+        * A value over ``dead_letter_max_bytes`` is cut to that size (less when the key and
+          headers take more than the topic's headroom) and carries ``error.value_truncated``: its
+          original size in bytes.
+        * The original headers are dropped when they would not fit in the headroom beside the
+          value; ``error.headers_dropped`` counts them.
+        * If the producer refuses a record when it is handed over (kafka-python checks the size
+          against ``max_request_size`` before sending), it is sent again with the value cut to a
+          tenth of the limit, then with no value (empty for a keyless message, which must carry
+          one of the two). A refusal even then is not about this record: ``SinkError``.
+        """
+        limit = self.dead_letter_max_bytes
+        headroom = min(DEAD_LETTER_HEADROOM_BYTES, limit)  # what the topic takes beside the value
         n = 0
         for m in invalid:
-            headers = [h for h in m.headers if not h[0].startswith(("error.", "source."))]
-            headers += [
-                ("error.reason", m.reason.encode()),
-                ("error.detail", m.detail[:500].encode()),
-                ("source.topic", m.topic.encode()),
-                ("source.partition", str(m.partition).encode()),
-                ("source.offset", str(m.offset).encode()),
-            ]
-            self.producer.send(self.dead_letter_topic, key=m.key, value=m.value, headers=headers).add_errback(
-                self._on_error
-            )
+            headers, fixed_bytes = _dead_letter_headers(m, headroom)
+            # The value gets what is left of limit + headroom, and never more than the limit.
+            fitting = max(0, min(limit, limit + headroom - fixed_bytes))
+            original = m.value
+            for attempt, max_value_bytes in enumerate((fitting, fitting // 10, 0)):
+                value, sent = original, headers
+                if original is not None and len(original) > max_value_bytes:
+                    if max_value_bytes:
+                        value = original[:max_value_bytes]
+                    else:  # no value at all; kafka-python refuses a record with neither key nor value
+                        value = None if m.key is not None else b""
+                    sent = [*headers, ("error.value_truncated", str(len(original)).encode())]
+                try:
+                    future = self.producer.send(self.dead_letter_topic, key=m.key, value=value, headers=sent)
+                except KafkaError as exc:
+                    if attempt == 2:
+                        raise SinkError(
+                            f"the producer refuses even a dead letter without a value: {exc!r}"
+                        ) from exc
+                    logger.warning(
+                        "dead letter of %s[%d]@%d refused by the producer (%s); sending it with a shorter value",
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        exc,
+                    )
+                    continue
+                future.add_errback(self._on_error)
+                break
             n += 1
         return n
 
@@ -204,3 +253,27 @@ class Sink:
             self.producer.close(timeout=timeout_s)
         except Exception as exc:  # closing must not mask the shutdown path
             logger.warning("producer close: %s", exc)
+
+
+def _dead_letter_headers(m: InvalidMessage, headroom: int) -> tuple[list[tuple[str, bytes]], int]:
+    """The headers of ``m``'s dead letter, and the bytes its key, headers and framing take. The
+    original headers are left out if they would not fit in ``headroom``."""
+    own = [
+        ("error.reason", m.reason.encode()),
+        ("error.detail", m.detail[:500].encode()),
+        ("source.topic", m.topic.encode()),
+        ("source.partition", str(m.partition).encode()),
+        ("source.offset", str(m.offset).encode()),
+    ]
+    original = [h for h in m.headers if not h[0].startswith(("error.", "source."))]
+    # 64: room for error.value_truncated or error.headers_dropped.
+    fixed = _RECORD_OVERHEAD_BYTES + len(m.key or b"") + _headers_bytes(own) + 64
+    extra = _headers_bytes(original)
+    if original and fixed + extra > headroom:
+        own.append(("error.headers_dropped", str(len(original)).encode()))
+        return own, fixed
+    return original + own, fixed + extra
+
+
+def _headers_bytes(headers: list[tuple[str, bytes]]) -> int:
+    return sum(len(k.encode()) + len(v) + _HEADER_OVERHEAD_BYTES for k, v in headers)
