@@ -37,6 +37,8 @@ class KafkaSettings(_Section):
     max_partition_fetch_bytes: int = Field(4_194_304, ge=1024)
     request_timeout_ms: int = Field(30_000, ge=1_000)
     reconnect_backoff_max_ms: int = Field(5_000, ge=50)
+    # At start: how long to keep trying to reach the brokers before failing with one line.
+    startup_timeout_s: float = Field(30.0, gt=0)
     linger_ms: int = Field(5, ge=0)
     producer_batch_bytes: int = Field(262_144, ge=1024)
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
@@ -144,7 +146,22 @@ class DeliverySettings(_Section):
     guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     commit_interval_ms: int = Field(1_000, ge=10)
     transactional_id: str | None = None  # default: "<group_id>-<group_instance_id or client_id>"
-    transaction_timeout_ms: int = Field(60_000, ge=1_000)
+    # How long the broker lets a transaction stay open. A member killed inside one blocks every
+    # read_committed reader of its partitions until the broker aborts it: this long plus the
+    # broker's abort check (transaction.abort.timed.out.transaction.cleanup.interval.ms, 10 s).
+    # A transaction spans a commit interval plus its checkpoint; one that outlives this is
+    # aborted and its producer fenced (docs/durability.md). 10 s is Kafka Streams' choice.
+    transaction_timeout_ms: int = Field(10_000, ge=1_000)
+
+    @model_validator(mode="after")
+    def _check_transaction_timeout(self) -> DeliverySettings:
+        if self.guarantee == "exactly-once" and self.transaction_timeout_ms <= self.commit_interval_ms:
+            raise ValueError(
+                f"delivery.transaction_timeout_ms ({self.transaction_timeout_ms}) must be greater "
+                f"than delivery.commit_interval_ms ({self.commit_interval_ms}): each transaction "
+                "stays open for a whole commit interval, so the broker would abort every one"
+            )
+        return self
 
 
 class MetricsSettings(_Section):
@@ -213,7 +230,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read settings file: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+            raise ConfigError(_yaml_problem(p, exc)) from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the settings file must hold a mapping at the top level")
         data = loaded
@@ -226,6 +243,14 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {_msg(e)}" for e in exc.errors())
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}invalid settings: {problems}") from None
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """``file:line:column: not valid YAML: problem``, on one line (lines and columns from 1)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{where}: not valid YAML: {' '.join(str(problem).split())}"
 
 
 def _msg(err: Any) -> str:

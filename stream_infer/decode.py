@@ -6,10 +6,13 @@
 ``image``  value: one JPEG or PNG frame; headers ``seq`` and ``ts``; converted to the model's
            channels and size, as float32 pixel values 0..255 (the model normalises).
 
-The key is the entity id (UTF-8). A message that breaks any rule becomes an ``InvalidMessage``
-with a stable reason and never reaches a window. Good messages of the same poll are decoded in
-bulk: one numpy conversion per poll, not per message; a poll of valid JSON messages is parsed
-in one comprehension and checked column-wise (``Decoder._decode_json_fast``).
+The key is the entity id (UTF-8). ``ts`` lies in [``TS_MIN_MS``, ``TS_MAX_MS``) (1970-01-01 ..
+2200-01-01 UTC) and ``seq`` in [0, ``SEQ_MAX``). A message that breaks any rule becomes an
+``InvalidMessage`` with a stable reason and never reaches a window. Decoding never raises on any
+input: an unexpected exception while decoding one message dead-letters that message alone as
+``internal_error`` (the exception in the detail) and the others go on. Good messages of the same
+poll are decoded in bulk: one numpy conversion per poll, not per message; a poll of valid JSON
+messages is parsed in one comprehension and checked column-wise (``Decoder._decode_json_fast``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import chain
 from typing import Any, Literal, Protocol
 
@@ -35,8 +38,16 @@ Format = Literal["json", "f32", "image"]
 
 REASONS = INVALID_REASONS  # the stable reason labels a DecodeError carries
 
+TS_MIN_MS = 0  # 1970-01-01T00:00:00Z, inclusive
+TS_MAX_MS = 7_258_118_400_000  # 2200-01-01T00:00:00Z, exclusive
+SEQ_MAX = 2**62  # exclusive: seq lies in [0, SEQ_MAX)
 
 _NUMBER_TYPES = frozenset({int, float})
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+_TS_MAX_CHARS = 64  # longer ts text is rejected before any parsing (ISO-8601 needs ~35)
+_INT_MAX_DIGITS = 20  # longer digit strings are out of range for ts and seq; bounds int()
+_DETAIL_MAX_CHARS = 200
 
 
 class Record(Protocol):
@@ -68,8 +79,13 @@ class Decoder:
     max_samples_per_message: int = 10_000
 
     def decode(self, records: Sequence[Record]) -> DecodeResult:
+        """Never raises on any input: every record ends up either in ``samples`` or, once, in
+        ``invalid`` with a reason from ``REASONS``, whatever else the poll holds."""
         if self.format == "json" and records:
-            fast = self._decode_json_fast(records)
+            try:
+                fast = self._decode_json_fast(records)
+            except Exception:  # off the common path in a way not foreseen: decode per message
+                fast = None
             if fast is not None:
                 return fast
         return self._decode_each(records)
@@ -122,8 +138,8 @@ class Decoder:
             ts = np.asarray(times, dtype=np.float64)
         except OverflowError:
             return None
-        if seq.min() < 0 or seq.max() >= 2**62 or not (ts.min() >= 0 and ts.max() < 2**53):  # NaN fails too
-            return None
+        if seq.min() < 0 or seq.max() >= SEQ_MAX or not (ts.min() >= TS_MIN_MS and ts.max() < TS_MAX_MS):
+            return None  # NaN fails the ts test too
         event_ms = (
             np.asarray(times, dtype=np.int64) if float not in set(map(type, times)) else ts.astype(np.int64)
         )
@@ -162,10 +178,15 @@ class Decoder:
                 if len(rec.value) > self.max_message_bytes:
                     raise DecodeError("oversized", f"{len(rec.value)} bytes > {self.max_message_bytes}")
                 s, t, v = parse(rec)
+                n = len(s)
+                if len(t) != n:
+                    raise ValueError(f"{n} seqs but {len(t)} event times")
             except DecodeError as err:
                 invalid.append(_invalid(rec, err))
                 continue
-            n = len(s)
+            except Exception as exc:  # a bug or an input nobody foresaw: this message only
+                invalid.append(_invalid(rec, _internal(rec, exc)))
+                continue
             entities.extend([entity] * n)
             seqs.extend(s)
             times.extend(t)
@@ -173,11 +194,18 @@ class Decoder:
             values.append(v)
             counts.append(n)
             accepted.append(rec)
-        arr, bad = self._stack(values, counts)
-        if bad.any():  # non-finite values: reject whole messages, keep the rest
+        failed: dict[int, DecodeError] = {}
+        try:
+            arr, bad = self._stack(values, counts)
+            if arr.shape != (len(entities), *self.sample_shape):
+                raise ValueError(f"values of shape {arr.shape} for {len(entities)} samples")
+        except Exception:  # one message spoils the poll-wide conversion: find it, keep the rest
+            arr, bad, failed = self._stack_each(accepted, values, counts)
+        if bad.any():  # non-finite values or failed conversion: reject whole messages, keep the rest
             keep_msg = ~bad
             for i in np.flatnonzero(bad):
-                invalid.append(_invalid(accepted[i], DecodeError("non_finite", "NaN or inf in values")))
+                why = failed.get(int(i)) or DecodeError("non_finite", "NaN or inf in values")
+                invalid.append(_invalid(accepted[i], why))
             keep = np.repeat(keep_msg, counts)
             arr = arr[keep]
             idx = np.flatnonzero(keep)
@@ -231,6 +259,7 @@ class Decoder:
             raise DecodeError("too_many_samples", f"{n} samples > {self.max_samples_per_message}")
         h = _headers(rec)
         first = _seq(_header_int(h, "seq"))
+        _seq(first + n - 1)  # the last sample's seq must be in range too
         ts = _ts(h.get("ts"), rec.timestamp)
         return list(range(first, first + n)), [ts] * n, value
 
@@ -249,8 +278,14 @@ class Decoder:
                 if img.size != (wid, hgt):
                     img = img.resize((wid, hgt), Image.Resampling.BILINEAR)
                 a = np.asarray(img, dtype=np.float32)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        except DecodeError:
+            raise
+        except UnidentifiedImageError:  # its message names a buffer's address: not stable
+            raise DecodeError("bad_image", "not an image Pillow can identify") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DecodeError("bad_image", str(exc)) from None
+        except Exception as exc:  # Pillow's decoders raise more (SyntaxError, EOFError, ...) on bad bytes
+            raise DecodeError("bad_image", _describe(exc)) from None
         a = a[None] if c == 1 else a.transpose(2, 0, 1)
         return [seq], [ts], a[None]
 
@@ -275,6 +310,27 @@ class Decoder:
         bad_msg = ~np.logical_and.reduceat(finite, starts)
         return arr, bad_msg
 
+    def _stack_each(
+        self, accepted: list[Record], values: list[Any], counts: list[int]
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, DecodeError]]:
+        """``_stack`` message by message, after the poll-wide conversion raised: the rows of a
+        message that fails alone are zeros, flagged bad, with its ``internal_error``."""
+        parts: list[np.ndarray] = []
+        bad = np.zeros(len(counts), bool)
+        failed: dict[int, DecodeError] = {}
+        for i, (v, n) in enumerate(zip(values, counts, strict=True)):
+            try:
+                a, b = self._stack([v], [n])
+                if a.shape != (n, *self.sample_shape):
+                    raise ValueError(f"values of shape {a.shape} for {n} samples")
+                bad[i] = b[0]
+            except Exception as exc:
+                failed[i] = _internal(accepted[i], exc)
+                a = np.zeros((n, *self.sample_shape), np.float32)
+                bad[i] = True
+            parts.append(a)
+        return np.concatenate(parts), bad, failed
+
 
 def _entity(rec: Record) -> str:
     if not rec.key:
@@ -289,24 +345,27 @@ def _headers(rec: Record) -> dict[str, bytes]:
     return {k: v for k, v in (rec.headers or ())}
 
 
-def _header_int(h: dict[str, bytes], name: str) -> Any:
+def _header_int(h: dict[str, bytes], name: str) -> int:
+    """A header holding a non-negative integer as ASCII digits (no sign, space or ``_``)."""
     raw = h.get(name)
     if raw is None:
         raise DecodeError("bad_seq", f"missing header {name!r}")
-    try:
-        return int(raw)
-    except ValueError:
-        raise DecodeError("bad_seq", f"header {name!r} is not an integer") from None
+    if not isinstance(raw, bytes) or not raw.isdigit():
+        raise DecodeError("bad_seq", f"header {name!r} is not ASCII digits: {raw!r:.40}")
+    if len(raw) > _INT_MAX_DIGITS:
+        raise DecodeError("bad_seq", f"header {name!r} is out of range: {len(raw)} digits")
+    return int(raw)
 
 
 def _seq(v: Any) -> int:
-    if type(v) is not int or v < 0 or v >= 2**62:
-        raise DecodeError("bad_seq", f"seq must be a non-negative integer, got {v!r:.40}")
+    if type(v) is not int or v < 0 or v >= SEQ_MAX:
+        raise DecodeError("bad_seq", f"seq must be an integer in [0, 2**62), got {v!r:.40}")
     return v
 
 
 def _ts(v: Any, fallback_ms: int) -> int:
-    """Event time in ms since the epoch: a number (ms), ISO-8601 text, or absent (record time)."""
+    """Event time in ms since the epoch, in [TS_MIN_MS, TS_MAX_MS): a number (ms), ASCII digits
+    (ms), ISO-8601 text (naive is UTC), or absent (``fallback_ms``, the record time, unchecked)."""
     if v is None:
         return int(fallback_ms)
     if isinstance(v, bytes):
@@ -314,20 +373,38 @@ def _ts(v: Any, fallback_ms: int) -> int:
     if isinstance(v, bool):
         raise DecodeError("bad_timestamp", "ts must be ms since the epoch or ISO-8601")
     if isinstance(v, int | float):
-        if not np.isfinite(v) or not 0 <= v < 2**53:
-            raise DecodeError("bad_timestamp", f"ts {v!r} out of range")
+        if not TS_MIN_MS <= v < TS_MAX_MS:  # NaN fails too
+            raise DecodeError("bad_timestamp", f"ts {v!r:.40} out of range")
         return int(v)
-    if isinstance(v, str):
+    if not isinstance(v, str):
+        raise DecodeError("bad_timestamp", f"ts has type {type(v).__name__}")
+    if len(v) > _TS_MAX_CHARS:
+        raise DecodeError("bad_timestamp", f"ts text of {len(v)} characters")
+    if v.isascii() and v.isdigit():
+        if len(v) > _INT_MAX_DIGITS:
+            raise DecodeError("bad_timestamp", f"ts {v!r:.40} out of range")
+        ms = int(v)
+    else:
         try:
-            if v.isdigit():
-                return int(v)
             dt = datetime.fromisoformat(v)
             if dt.tzinfo is None:  # naive times are UTC, never the host's zone
                 dt = dt.replace(tzinfo=timezone.utc)
-            return int(dt.timestamp() * 1000)
-        except ValueError:
+            ms = (dt - _EPOCH) // _MS  # exact integer ms, no float rounding
+        except (ValueError, OverflowError, OSError):
             raise DecodeError("bad_timestamp", f"cannot parse ts {v!r:.40}") from None
-    raise DecodeError("bad_timestamp", f"ts has type {type(v).__name__}")
+    if not TS_MIN_MS <= ms < TS_MAX_MS:
+        raise DecodeError("bad_timestamp", f"ts {v!r:.40} out of range")
+    return ms
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_DETAIL_MAX_CHARS]
+
+
+def _internal(rec: Record, exc: Exception) -> DecodeError:
+    """An unexpected exception while decoding ``rec``, as the reason its dead letter carries."""
+    logger.debug("internal error decoding %s[%s]@%s", rec.topic, rec.partition, rec.offset, exc_info=exc)
+    return DecodeError("internal_error", _describe(exc))
 
 
 def _invalid(rec: Record, err: DecodeError) -> InvalidMessage:

@@ -207,6 +207,22 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        # A producer that died inside a transaction holds the input's last stable offset (LSO)
+        # until the broker aborts the transaction; read_committed reading stops there.
+        self.unstable_records = Gauge(
+            f"{p}_input_unstable_records",
+            "Input records past the last stable offset (high watermark minus LSO), per partition: "
+            "written in transactions still open, not yet readable.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.lso_stuck = Gauge(
+            f"{p}_input_lso_stuck_seconds",
+            "How long the input's last stable offset has stayed behind the high watermark without "
+            "moving, per partition (0 when nothing waits past it).",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.assigned = Gauge(f"{p}_assigned_partitions", "Partitions assigned to this instance.", registry=r)
         self.paused = Gauge(f"{p}_paused", "1 while input is paused for backpressure.", registry=r)
         self.queue_depth = Gauge(f"{p}_queue_windows", "Windows waiting for the engine.", registry=r)
@@ -226,3 +242,15 @@ class Metrics:
         ):
             for v in values:
                 family.labels(v)
+
+    def keep_partitions(self, assigned: set[tuple[str, str]]) -> None:
+        """Remove the per-partition series of partitions not in ``assigned`` ((topic, partition)
+        pairs): a revoked partition must not keep its last value, nor an alert firing on it."""
+        for gauge in (self.lag, self.unstable_records, self.lso_stuck):
+            series = {
+                (sample.labels["topic"], sample.labels["partition"])
+                for family in gauge.collect()
+                for sample in family.samples
+            }
+            for topic, partition in series - assigned:
+                gauge.remove(topic, partition)

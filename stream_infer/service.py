@@ -27,13 +27,14 @@ from stream_infer.decode import Decoder, DecodeResult, Record
 from stream_infer.entities import EntityStore, ModelShape
 from stream_infer.errors import ConfigError, PipelineError, SinkError
 from stream_infer.health import Health, serve_http
+from stream_infer.kafka_compat import stable_offset
 from stream_infer.metrics import Metrics
 from stream_infer.model.card import ModelCard, load_card
 from stream_infer.records import InvalidMessage, SampleBatch
 from stream_infer.sink import Sink, make_producer
 from stream_infer.source import group_settled, make_consumer, read_changelog
 from stream_infer.state import make_state_slab
-from stream_infer.topics import ensure_topics
+from stream_infer.topics import dead_letter_limit_bytes, ensure_topics
 from stream_infer.worker import InferenceWorker
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,11 @@ class Service:
             s.model.artifact, s.model.backend, s.model.device, max_batch=max(s.batcher.max_batch, 1)
         )
         eos = s.delivery.guarantee == "exactly-once"
-        self.wire(engine, make_producer(s, s.transactional_id if eos else None))
+        self.wire(
+            engine,
+            make_producer(s, s.transactional_id if eos else None),
+            dead_letter_max_bytes=dead_letter_limit_bytes(s),
+        )
         _await_metadata(s)
         self.consumer = make_consumer(s)
         self.checkpointer = Checkpointer(
@@ -134,6 +139,7 @@ class Service:
             s.changelog_topic,
             self.card.model_id,
             self.card.labels,
+            **({} if dead_letter_max_bytes is None else {"dead_letter_max_bytes": dead_letter_max_bytes}),
         )
         self.worker = InferenceWorker(
             engine, slab, Batcher(s.batcher.max_batch, s.batcher.max_wait_ms), self.sink, self.metrics
@@ -390,7 +396,18 @@ class Service:
             self.metrics.paused.set(0)
 
     def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
+        """Per assigned input partition: the lag behind the high watermark, and the records that
+        open transactions hold past the last stable offset, with how long it has been stuck
+        (``kafka_compat.stable_offset``). Revoked partitions' series are removed."""
+        m = self.metrics
+        assigned = self.consumer.assignment()
+        m.keep_partitions({(tp.topic, str(tp.partition)) for tp in assigned})
+        for tp in assigned:
+            labels = (tp.topic, str(tp.partition))
+            stable = stable_offset(self.consumer, tp)
+            if stable is not None:
+                m.unstable_records.labels(*labels).set(stable.unstable_records)
+                m.lso_stuck.labels(*labels).set(stable.stuck_s)
             hw = self.consumer.highwater(tp)
             if hw is None:
                 continue
@@ -399,7 +416,7 @@ class Service:
             except Exception:
                 continue
             if pos is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - pos))
+                m.lag.labels(*labels).set(max(0, hw - pos))
 
     # --- entities: drop and restore on rebalances (only while drained) ---
 
