@@ -43,6 +43,19 @@ def test_promtool_check_rules_passes() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_promtool_rule_tests_pass() -> None:
+    """The alerts' behaviour over time (tests/deploy/rules_test.yaml): when each fires and when not."""
+    promtool = tool("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed: run deploy/tools/install.sh")
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(Path(__file__).with_name("rules_test.yaml"))],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_deploy_rules_are_the_chart_rules() -> None:
     assert (DEPLOY / "prometheus" / "rules.yaml").read_text() == RULES.read_text()
 
@@ -52,6 +65,7 @@ def test_rules_use_only_exported_metrics(exported: set[str]) -> None:
     assert {
         "StreamInferDown",
         "StreamInferConsumerLagGrowing",
+        "StreamInferInputTransactionStuck",
         "StreamInferLatencyP99AboveSLO",
         "StreamInferDeadLetters",
         "StreamInferNoPredictions",
@@ -89,6 +103,8 @@ def test_dashboard_parses_and_uses_only_exported_metrics(exported: set[str]) -> 
         "stream_infer_queue_wait_seconds_bucket",
         "stream_infer_engine_seconds_bucket",
         "stream_infer_consumer_lag",
+        "stream_infer_input_unstable_records",
+        "stream_infer_input_lso_stuck_seconds",
         "stream_infer_dead_letters_total",
         "stream_infer_invalid_events_total",
         "stream_infer_active_entities",

@@ -69,6 +69,8 @@ def metrics_endpoint() -> Iterator[tuple[int, Metrics]]:
     ):
         labelled.labels(label).inc(0)
     m.lag.labels(topic="sensor-events", partition="0").set(5)
+    m.unstable_records.labels(topic="sensor-events", partition="0").set(0)
+    m.lso_stuck.labels(topic="sensor-events", partition="0").set(0)
     m.restored.inc(3)
     m.engine_errors.inc(0)
     m.isolated.inc(0)

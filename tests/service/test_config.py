@@ -59,3 +59,18 @@ def test_secrets_are_never_printed_and_files_are_read(tmp_path):
 def test_pod_name_gives_static_membership(monkeypatch):
     monkeypatch.setenv("POD_NAME", "stream-infer-2")
     assert load_settings().kafka.group_instance_id == "stream-infer-2"
+
+
+def test_exactly_once_needs_a_transaction_timeout_above_the_commit_interval():
+    s = load_settings()
+    assert s.delivery.transaction_timeout_ms == 10_000 > s.delivery.commit_interval_ms
+    eos = {"guarantee": "exactly-once", "commit_interval_ms": 10_000}
+    with pytest.raises(ConfigError) as e:
+        load_settings(delivery={**eos, "transaction_timeout_ms": 10_000})
+    msg = str(e.value)
+    assert "delivery.transaction_timeout_ms (10000) must be greater than" in msg
+    assert "delivery.commit_interval_ms (10000)" in msg
+    ok = load_settings(delivery={**eos, "transaction_timeout_ms": 15_000})
+    assert ok.delivery.transaction_timeout_ms == 15_000
+    # At-least-once opens no transaction: a long commit interval is fine there.
+    assert load_settings(delivery={"commit_interval_ms": 60_000}).delivery.commit_interval_ms == 60_000
