@@ -41,6 +41,9 @@ REASONS = INVALID_REASONS  # the stable reason labels a DecodeError carries
 TS_MIN_MS = 0  # 1970-01-01T00:00:00Z, inclusive
 TS_MAX_MS = 7_258_118_400_000  # 2200-01-01T00:00:00Z, exclusive
 SEQ_MAX = 2**62  # exclusive: seq lies in [0, SEQ_MAX)
+# A frame is decoded whole before it is resized: a small file of huge dimensions would take
+# hundreds of MB. 4096 x 4096 is far beyond any frame model's input.
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 _NUMBER_TYPES = frozenset({int, float})
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -274,6 +277,11 @@ class Decoder:
             with Image.open(io.BytesIO(rec.value or b"")) as src:
                 if src.format not in ("JPEG", "PNG"):
                     raise DecodeError("bad_image", f"format {src.format} is not JPEG or PNG")
+                if src.width * src.height > MAX_IMAGE_PIXELS:  # checked before any pixel is decoded
+                    raise DecodeError(
+                        "bad_image",
+                        f"{src.width}x{src.height} pixels > {MAX_IMAGE_PIXELS} (decompression bomb?)",
+                    )
                 img = src.convert("L" if c == 1 else "RGB")
                 if img.size != (wid, hgt):
                     img = img.resize((wid, hgt), Image.Resampling.BILINEAR)

@@ -104,3 +104,14 @@ def test_images_are_converted_resized_and_bad_ones_rejected():
     assert [m.reason for m in res.invalid] == ["bad_image"]
     assert res.samples.values.shape == (1, 1, 8, 8)
     assert np.allclose(res.samples.values, 200.0)
+
+
+def test_an_image_of_huge_dimensions_is_rejected_before_its_pixels_are_decoded() -> None:
+    from stream_infer.decode import MAX_IMAGE_PIXELS
+
+    buf = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buf, format="PNG")  # ~24 KB on the wire, 25 MP decoded
+    r = rec(buf.getvalue(), headers=[("seq", b"1"), ("ts", b"1700000000000")])
+    res = Decoder("image", (1, 8, 8)).decode([r])
+    assert [m.reason for m in res.invalid] == ["bad_image"]
+    assert str(MAX_IMAGE_PIXELS) in res.invalid[0].detail
