@@ -323,3 +323,328 @@ def check_against_reference(
             wrong.append((k, f"{p['scores']} != {ref[k].tolist()}"))
     assert not wrong, f"{len(wrong)} predictions differ from the reference, e.g. {wrong[:3]}"
     return counts
+
+
+# --- bad messages between good traffic: any input format, injected messages, the DLQ ---
+
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
+Origin = tuple[int, int]  # (partition, offset) of an input message
+
+
+def good_message(fmt: str, entity: str, seq: int, row: np.ndarray) -> Message:
+    """Sample ``seq`` of ``entity`` in the ``json`` or ``f32`` input format, timed like ``Feeder``."""
+    ts = TS0 + 10 * seq
+    if fmt == "json":
+        return entity.encode(), orjson.dumps({"seq": seq, "ts": ts, "values": row.tolist()}), []
+    if fmt == "f32":
+        return entity.encode(), row.astype("<f4").tobytes(), [("seq", b"%d" % seq), ("ts", b"%d" % ts)]
+    raise ValueError(f"no good messages for format {fmt!r}")
+
+
+def create_topic(bootstrap: str, name: str, partitions: int, **configs: str) -> None:
+    """``name`` with ``configs`` (broker defaults otherwise), e.g. a dead-letter topic made before
+    the service starts, so the service finds it and keeps its settings."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=_client_id("admin"))
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+    finally:
+        admin.close()
+
+
+class StreamFeeder:
+    """Sends ``streams`` round by round (sample i of every entity is round i) in the ``json`` or
+    ``f32`` format at ``rate`` good messages per second, on a thread, and never past the round
+    given to ``release`` (at that point everything sent is flushed and acknowledged).
+
+    ``extra[i]``: messages (bad ones, bursts of new entities) sent just before round i, through a
+    second producer and flushed at once, so that each group travels as one record batch per
+    partition and reaches the service in one poll. Every message's (partition, offset) is kept:
+    ``offsets`` for the good samples, ``extra_offsets`` for the extra messages.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        streams: dict[str, np.ndarray],
+        rate: float,
+        fmt: str = "json",
+        extra: dict[int, list[Message]] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.streams = streams
+        self.rate = rate
+        self.fmt = fmt
+        self.extra = extra or {}
+        self.rounds = max(len(x) for x in streams.values())
+        self.sent = 0  # messages handed to a producer, good and extra
+        self.done = 0  # rounds handed to the producer
+        self.offsets: dict[tuple[str, int], Origin] = {}
+        self.extra_offsets: list[tuple[Message, Origin]] = []
+        self._upto = 0
+        self._cond = threading.Condition()
+        self._idle = threading.Event()
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def total(self) -> int:
+        return sum(len(x) for x in self.streams.values()) + sum(len(m) for m in self.extra.values())
+
+    def start(self, upto: int | None = None) -> StreamFeeder:
+        self.release(upto)
+        self._thread.start()
+        return self
+
+    def release(self, upto: int | None = None) -> None:
+        """Send up to round ``upto`` (exclusive; all rounds when ``None``)."""
+        with self._cond:
+            self._upto = self.rounds if upto is None else min(upto, self.rounds)
+            if self.done < self._upto:
+                self._idle.clear()
+            self._cond.notify_all()
+
+    def wait_round(self, r: int, timeout_s: float = 60) -> None:
+        """Until round ``r`` is handed to the producer (not necessarily acknowledged)."""
+        deadline = time.monotonic() + timeout_s
+        while self.done < r:
+            self._raise()
+            assert self._thread.is_alive(), "feeder stopped"
+            assert time.monotonic() < deadline, f"the feeder did not reach round {r} in {timeout_s}s"
+            time.sleep(0.02)
+
+    def wait_idle(self, timeout_s: float = 60) -> None:
+        """Until everything released is sent, flushed and acknowledged."""
+        assert self._idle.wait(timeout_s), f"the feeder did not finish its rounds in {timeout_s}s"
+        self._raise()
+
+    def join(self, timeout_s: float = 120) -> None:
+        """Release every round, wait until all are acknowledged; their offsets are then known."""
+        self.release()
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "feeder did not finish"
+        self._raise()
+
+    def stop(self) -> None:
+        """Give up: the thread sends nothing more and closes its producers (a failed test)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join(30)
+
+    def _raise(self) -> None:
+        if self._error:
+            raise self._error
+
+    def _run(self) -> None:
+        futs: list[tuple[tuple[str, int], Any]] = []
+        extra_futs: list[tuple[Message, Any]] = []
+        try:
+            kw: dict[str, Any] = dict(bootstrap_servers=self.bootstrap, acks="all", max_request_size=16 << 20)
+            p = KafkaProducer(client_id=_client_id("feeder"), linger_ms=2, **kw)
+            burst = KafkaProducer(
+                client_id=_client_id("feeder-extra"), linger_ms=1000, batch_size=1 << 20, **kw
+            )
+            t0, base = time.monotonic(), 0
+            for i in range(self.rounds):
+                if i >= self._upto:
+                    p.flush()
+                    burst.flush()
+                    with self._cond:
+                        self._idle.set()
+                        self._cond.wait_for(lambda i=i: i < self._upto or self._stopped)
+                    t0, base = time.monotonic(), self.sent  # no catching up for the pause
+                if self._stopped:
+                    break
+                for m in self.extra.get(i, []):
+                    extra_futs.append((m, burst.send(self.topic, key=m[0], value=m[1], headers=m[2])))
+                    self.sent += 1
+                if i in self.extra:
+                    burst.flush()
+                for e, x in self.streams.items():
+                    if i < len(x):
+                        key, value, headers = good_message(self.fmt, e, i, x[i])
+                        futs.append(((e, i), p.send(self.topic, key=key, value=value, headers=headers)))
+                        self.sent += 1
+                self.done = i + 1
+                ahead = (self.sent - base) / self.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if self._stopped:
+                for producer in (p, burst):
+                    try:
+                        producer.close(timeout=1)
+                    except Exception as exc:  # records still unsent: nobody waits for them
+                        self._error = exc
+                return
+            p.flush()
+            burst.flush()
+            for k, f in futs:
+                md = f.get(60)
+                self.offsets[k] = (md.partition, md.offset)
+            for m, f in extra_futs:
+                md = f.get(60)
+                self.extra_offsets.append((m, (md.partition, md.offset)))
+            p.close()
+            burst.close()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._idle.set()
+
+
+class TopicReader:
+    """Reads every partition of a topic from the start, with a client id of its own."""
+
+    def __init__(self, bootstrap: str, topic: str, committed_only: bool = True) -> None:
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id=_client_id("reader"),
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level="read_committed" if committed_only else "read_uncommitted",
+            max_partition_fetch_bytes=16 << 20,
+        )
+        deadline = time.monotonic() + 30
+        while not (parts := self.consumer.partitions_for_topic(topic)):
+            assert time.monotonic() < deadline, f"topic {topic} has no partitions"
+            time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+
+    def poll(self, timeout_ms: int = 200) -> list[Any]:
+        return [r for recs in self.consumer.poll(timeout_ms=timeout_ms).values() for r in recs]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def read_hops(
+    bootstrap: str,
+    topic: str,
+    hops: set[tuple[str, int]],
+    timeout_s: float = 60,
+    committed_only: bool = True,
+    grace_s: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Every prediction of ``topic``, read until each of ``hops`` (entity, seq) has arrived (or
+    the timeout), then ``grace_s`` longer for late duplicates. Unlike a count, a set is not
+    fooled by duplicates arriving before the last hops."""
+    reader = TopicReader(bootstrap, topic, committed_only)
+    out: list[dict[str, Any]] = []
+    left = set(hops)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while left and time.monotonic() < deadline:
+            for r in reader.poll():
+                p = orjson.loads(r.value)
+                out.append(p)
+                left.discard((p["entity"], p["seq"]))
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end:
+            out.extend(orjson.loads(r.value) for r in reader.poll(100))
+    finally:
+        reader.close()
+    return out
+
+
+def read_dead_letters(
+    bootstrap: str, topic: str, origins: set[Origin], timeout_s: float = 60, grace_s: float = 1.0
+) -> list[Any]:
+    """Every record of the dead-letter ``topic`` (read_committed), read until one for each of
+    ``origins`` (its ``source.partition``/``source.offset``) has arrived, then ``grace_s``."""
+    reader = TopicReader(bootstrap, topic)
+    out: list[Any] = []
+    left = set(origins)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while left and time.monotonic() < deadline:
+            for r in reader.poll():
+                out.append(r)
+                h = dict(r.headers)
+                if "source.partition" in h and "source.offset" in h:
+                    left.discard((int(h["source.partition"]), int(h["source.offset"])))
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end:
+            out.extend(reader.poll(100))
+    finally:
+        reader.close()
+    return out
+
+
+def check_delivery(
+    preds: list[dict[str, Any]], ref: dict[tuple[str, int], np.ndarray], guarantee: str, atol: float = 1e-5
+) -> dict[tuple[str, int], int]:
+    """Every hop of ``ref`` predicted; every prediction at a hop (none out of phase, none of an
+    entity without a reference) and within ``atol`` of it; exactly once under exactly-once, and
+    under at-least-once duplicates identical to each other (same scores and label). Returns the
+    count per hop."""
+    counts = check_against_reference(preds, ref, atol)
+    worst = max(
+        (float(np.max(np.abs(np.subtract(p["scores"], ref[p["entity"], p["seq"]])))) for p in preds),
+        default=0.0,
+    )
+    assert worst <= atol, f"a prediction is {worst:.2e} from the reference (> {atol})"
+    missing = sorted(set(ref) - set(counts))
+    assert not missing, f"{len(missing)} of {len(ref)} hops have no prediction, e.g. {missing[:5]}"
+    dups = {k: n for k, n in counts.items() if n > 1}
+    if guarantee == "exactly-once":
+        assert not dups, f"{len(dups)} hops published more than once, e.g. {sorted(dups)[:5]}"
+    else:
+        first: dict[tuple[str, int], dict[str, Any]] = {}
+        differ = []
+        for p in preds:
+            k = (p["entity"], p["seq"])
+            if k in dups:
+                f = first.setdefault(k, p)
+                if (f["scores"], f["label"]) != (p["scores"], p["label"]):
+                    differ.append((k, f["scores"], p["scores"]))
+        assert not differ, f"{len(differ)} duplicates differ from their first copy, e.g. {differ[:2]}"
+    return counts
+
+
+def check_dead_letters(
+    records: list[Any], source_topic: str, expected: dict[Origin, tuple[Message, str]], guarantee: str
+) -> dict[Origin, int]:
+    """Each of ``expected`` (origin -> (message, reason)) on the dead-letter topic with its reason,
+    origin, key, original headers and value, and nothing else there; once under exactly-once, and
+    under at-least-once possibly more often (a replay), each copy alike. A value cut to fit the
+    topic must be a prefix of the original and carry ``error.value_truncated`` (original size).
+    Returns the count per origin."""
+    counts: dict[Origin, int] = {}
+    wrong = []
+    for r in records:
+        h = dict(r.headers)
+        where = (int(h.get("source.partition", -1)), int(h.get("source.offset", -1)))
+        if h.get("source.topic") != source_topic.encode() or where not in expected:
+            wrong.append((where, "not a message sent as bad", h.get("error.reason")))
+            continue
+        counts[where] = counts.get(where, 0) + 1
+        (key, value, headers), reason = expected[where]
+        if h.get("error.reason") != reason.encode():
+            wrong.append((where, f"reason {h.get('error.reason')!r} != {reason}", h.get("error.detail")))
+        if r.key != key:
+            wrong.append((where, f"key {r.key!r} != {key!r}"))
+        kept = [hd for hd in r.headers if not hd[0].startswith(("error.", "source."))]
+        if kept != headers and "error.headers_dropped" not in h:
+            wrong.append((where, f"headers {kept} != {headers}"))
+        if "error.value_truncated" in h:
+            ok = value is not None and h["error.value_truncated"] == b"%d" % len(value)
+            if not ok or r.value is None or len(r.value) >= len(value) or not value.startswith(r.value):
+                wrong.append((where, "truncated value is not a prefix of the original or its size is wrong"))
+        elif r.value != value:
+            wrong.append((where, f"value differs ({len(r.value or b'')} bytes, sent {len(value or b'')})"))
+    assert not wrong, f"{len(wrong)} dead letters are wrong, e.g. {wrong[:3]}"
+    missing = sorted(set(expected) - set(counts))
+    assert not missing, f"{len(missing)} of {len(expected)} bad messages are not dead-lettered: {missing[:5]}"
+    if guarantee == "exactly-once":
+        twice = sorted(k for k, n in counts.items() if n > 1)
+        assert not twice, f"{len(twice)} bad messages dead-lettered more than once: {twice[:5]}"
+    return counts
