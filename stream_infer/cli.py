@@ -13,6 +13,24 @@ app = typer.Typer(
     help="Streaming CNN-LSTM inference on Kafka.",
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from stream_infer import __version__
+
+        typer.echo(f"stream-infer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Streaming CNN-LSTM inference on Kafka."""
+
+
 # --- model commands: train, export, build-engine (stream_infer.model, engines/) ---
 
 _DATASETS = ("basicmotions", "lfw")
@@ -151,7 +169,8 @@ def serve(
     check: bool = typer.Option(
         False,
         "--check",
-        help="Validate the settings and model card, reach Kafka, print how dead letters are sized, then exit.",
+        help="Validate the settings and model card, load the engine and run one inference on zeros, "
+        "reach Kafka, print how dead letters are sized, then exit.",
     ),
 ) -> None:
     """Run the service: consume, window, infer, publish, checkpoint; SIGTERM drains and commits."""
@@ -166,9 +185,14 @@ def serve(
 
         svc = Service(settings)
         if check:
+            from stream_infer.backends import open_engine
             from stream_infer.topics import dead_letter_rule
 
+            m = settings.model
+            engine = open_engine(m.artifact, m.backend, m.device, max(settings.batcher.max_batch, 1))
+            engine.close()
             typer.echo(f"settings ok; model {svc.card.model_id} ({svc.card.kind})")
+            typer.echo(f"engine ok: {m.backend} on {m.device}, one inference on zeros")
             typer.echo(dead_letter_rule(settings))
             return
         svc.install_signal_handlers()

@@ -19,7 +19,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from stream_infer.backends import Engine, load_engine
+from stream_infer.backends import Engine, open_engine
 from stream_infer.batcher import Batcher
 from stream_infer.checkpoint import Checkpointer
 from stream_infer.config import Settings
@@ -97,7 +97,7 @@ class Service:
         if self.registry is not None and s.metrics.port >= 0:
             self._http = serve_http(self.health, s.metrics.port, s.metrics.host, self.registry)
         ensure_topics(s)
-        engine = self._engine or load_engine(
+        engine = self._engine or open_engine(
             s.model.artifact, s.model.backend, s.model.device, max_batch=max(s.batcher.max_batch, 1)
         )
         eos = s.delivery.guarantee == "exactly-once"

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from stream_infer.backends.base import Engine, EngineSpec
-from stream_infer.errors import ConfigError
+from stream_infer.errors import ConfigError, EngineError, ModelError, StreamInferError
 
 BackendName = Literal["onnxruntime", "torch", "tensorrt"]
 
-__all__ = ["BackendName", "Engine", "EngineSpec", "load_engine"]
+__all__ = ["BackendName", "Engine", "EngineSpec", "dry_run", "load_engine", "open_engine"]
 
 
 def load_engine(
@@ -32,3 +34,42 @@ def load_engine(
 
         return TrtEngine(artifact, device=device, max_batch=max_batch)
     raise ConfigError(f"unknown backend {backend!r}: choose onnxruntime, torch or tensorrt")
+
+
+def dry_run(engine: Engine) -> np.ndarray:
+    """One inference on zeros (batch 1, zero state): proves at start that the engine loads and
+    runs, not at the first window. Returns ``y`` [1, K] on the host; ``EngineError`` if it fails
+    or gives non-finite outputs."""
+    spec = engine.spec
+    layers, hidden = spec.state_shape
+    x = np.zeros((1, *spec.input_shape), np.float32)
+    h = np.zeros((layers, 1, hidden), np.float32)
+    try:
+        if spec.device.startswith("cuda"):
+            import torch
+
+            xt, ht = (torch.from_numpy(a).to(spec.device) for a in (x, h))
+            yt, _, _ = engine.infer(xt, ht, ht.clone())
+            y = yt.float().cpu().numpy()
+        else:
+            y, _, _ = engine.infer(x, h, h.copy())
+    except StreamInferError:
+        raise
+    except Exception as exc:
+        raise EngineError(f"the engine failed on a zero input: {type(exc).__name__}: {exc}") from exc
+    y = np.asarray(y)
+    if y.shape != (1, spec.n_outputs) or not np.isfinite(y).all():
+        raise EngineError(f"the engine gave {y.shape} outputs (want (1, {spec.n_outputs})), or non-finite ones")
+    return y
+
+
+def open_engine(artifact: str | Path, backend: BackendName, device: str, max_batch: int) -> Engine:
+    """``load_engine`` then ``dry_run``; a model file that cannot be opened is a ``ModelError``."""
+    try:
+        engine = load_engine(artifact, backend, device, max_batch=max_batch)
+    except StreamInferError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{artifact}: cannot open the {backend} engine: {type(exc).__name__}: {exc}") from exc
+    dry_run(engine)
+    return engine

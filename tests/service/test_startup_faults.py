@@ -126,3 +126,43 @@ def test_kafka_python_is_held_back_until_the_first_connection(restore_logging: A
     assert logging.getLogger("kafka").propagate
     configure_logging("DEBUG")  # nothing held back
     assert kafka.isEnabledFor(logging.DEBUG) and logging.getLogger("kafka").propagate
+
+
+def test_serve_check_loads_the_engine_and_a_missing_model_file_is_one_line(
+    tmp_path: Path, card_only: Path
+) -> None:
+    """``serve --check`` runs one inference on zeros; an artifact without ``model.onnx`` fails
+    there, before Kafka is reached (its bootstrap here answers nothing)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_INFER_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream_infer.cli",
+            "serve",
+            "--check",
+            "--config",
+            str(config(tmp_path, card_only)),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "model.onnx" in lines[0], lines
+
+
+def test_version_is_printed() -> None:
+    from stream_infer import __version__
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream_infer.cli", "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == f"stream-infer {__version__}"
