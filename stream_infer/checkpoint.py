@@ -270,7 +270,12 @@ class Checkpointer:
         constructor itself fails when it cannot bootstrap)."""
         s = self.settings
         self._producer_generation += 1
-        producer = make_producer(s, s.transactional_id, role=f"producer-{self._producer_generation}")
+        producer = make_producer(
+            s,
+            s.transactional_id,
+            role=f"producer-{self._producer_generation}",
+            dead_letter_max_bytes=self.sink.dead_letter_max_bytes,
+        )
         try:
             producer.init_transactions()
         except BaseException:

@@ -101,10 +101,11 @@ class Service:
             s.model.artifact, s.model.backend, s.model.device, max_batch=max(s.batcher.max_batch, 1)
         )
         eos = s.delivery.guarantee == "exactly-once"
+        dl_bytes = dead_letter_limit_bytes(s)
         self.wire(
             engine,
-            make_producer(s, s.transactional_id if eos else None),
-            dead_letter_max_bytes=dead_letter_limit_bytes(s),
+            make_producer(s, s.transactional_id if eos else None, dead_letter_max_bytes=dl_bytes),
+            dead_letter_max_bytes=dl_bytes,
         )
         _await_metadata(s)
         self.consumer = make_consumer(s)

@@ -43,7 +43,10 @@ def max_request_bytes(settings: Settings) -> int:
 
 
 def make_producer(
-    settings: Settings, transactional_id: str | None = None, role: str = "producer"
+    settings: Settings,
+    transactional_id: str | None = None,
+    role: str = "producer",
+    dead_letter_max_bytes: int | None = None,
 ) -> KafkaProducer:
     """The one producer of an instance. ``role`` names its client id; a replacement producer
     (after a failed transaction) gets a new one, as kafka-python 3 keys clients by client id."""
@@ -53,7 +56,9 @@ def make_producer(
         acks="all",
         enable_idempotence=True,
         linger_ms=k.linger_ms,
-        batch_size=k.producer_batch_bytes,
+        # A topic's max.message.bytes bounds a whole record batch: batches stay within what the
+        # dead-letter topic takes (a single larger record still goes alone, cut by the sink).
+        batch_size=min(k.producer_batch_bytes, max(16_384, dead_letter_max_bytes or k.producer_batch_bytes)),
         retries=2**31 - 1,
         delivery_timeout_ms=300_000,
         max_block_ms=300_000,

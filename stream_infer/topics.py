@@ -106,8 +106,14 @@ def _wait_partitions(admin: KafkaAdminClient, topic: str, timeout_s: float) -> i
 
 def dead_letter_topic_bytes(settings: Settings) -> int:
     """``max.message.bytes`` of a dead-letter topic this service creates: the largest input
-    message plus the headroom for its key and headers."""
-    return settings.input.max_message_bytes + DEAD_LETTER_HEADROOM_BYTES
+    message plus the headroom for its key and headers. The limit applies to a whole record
+    *batch*, so it is never below the producer's batch size (nor the broker's default)."""
+    largest = max(
+        settings.input.max_message_bytes,
+        settings.kafka.producer_batch_bytes,
+        KAFKA_DEFAULT_MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM_BYTES,
+    )
+    return largest + DEAD_LETTER_HEADROOM_BYTES
 
 
 def max_dead_letter_value_bytes(settings: Settings, topic_max_message_bytes: int) -> int:

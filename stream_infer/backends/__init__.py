@@ -59,7 +59,9 @@ def dry_run(engine: Engine) -> np.ndarray:
         raise EngineError(f"the engine failed on a zero input: {type(exc).__name__}: {exc}") from exc
     y = np.asarray(y)
     if y.shape != (1, spec.n_outputs) or not np.isfinite(y).all():
-        raise EngineError(f"the engine gave {y.shape} outputs (want (1, {spec.n_outputs})), or non-finite ones")
+        raise EngineError(
+            f"the engine gave {y.shape} outputs (want (1, {spec.n_outputs})), or non-finite ones"
+        )
     return y
 
 
@@ -70,6 +72,8 @@ def open_engine(artifact: str | Path, backend: BackendName, device: str, max_bat
     except StreamInferError:
         raise
     except Exception as exc:
-        raise ModelError(f"{artifact}: cannot open the {backend} engine: {type(exc).__name__}: {exc}") from exc
+        raise ModelError(
+            f"{artifact}: cannot open the {backend} engine: {type(exc).__name__}: {exc}"
+        ) from exc
     dry_run(engine)
     return engine
