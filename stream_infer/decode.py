@@ -415,6 +415,12 @@ def _internal(rec: Record, exc: Exception) -> DecodeError:
     return DecodeError("internal_error", _describe(exc))
 
 
+def internal_error(rec: Record, exc: Exception) -> InvalidMessage:
+    """The dead letter of a record that broke a stage (decoding or later) in an unforeseen way:
+    reason ``internal_error``, the exception's type and message as the detail."""
+    return _invalid(rec, _internal(rec, exc))
+
+
 def _invalid(rec: Record, err: DecodeError) -> InvalidMessage:
     return InvalidMessage(
         topic=rec.topic,

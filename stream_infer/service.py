@@ -23,7 +23,7 @@ from stream_infer.backends import Engine, open_engine
 from stream_infer.batcher import Batcher
 from stream_infer.checkpoint import Checkpointer
 from stream_infer.config import Settings
-from stream_infer.decode import Decoder, DecodeResult, Record
+from stream_infer.decode import Decoder, DecodeResult, Record, internal_error
 from stream_infer.entities import EntityStore, ModelShape
 from stream_infer.errors import ConfigError, PipelineError, SinkError
 from stream_infer.health import Health, serve_http
@@ -299,7 +299,7 @@ class Service:
         try:
             return self.decoder.decode([rec])
         except Exception as exc:
-            return DecodeResult(self.decoder.decode([]).samples, [_internal_error(rec, exc)], 1)
+            return DecodeResult(self.decoder.decode([]).samples, [internal_error(rec, exc)], 1)
 
     def _ingest_one(self, rec: Record) -> None:
         """One record through decode and windowing; any failure dead-letters it."""
@@ -311,7 +311,7 @@ class Service:
         except PipelineError:
             raise
         except Exception as exc:
-            self._dead_letter([_internal_error(rec, exc)])
+            self._dead_letter([internal_error(rec, exc)])
 
     def _window(self, batch: SampleBatch) -> None:
         """Admit the samples' entities (evicting the least recently seen when slots run short;
@@ -507,20 +507,6 @@ def _await_metadata(settings: Settings, timeout_s: float = 30.0) -> None:
             time.sleep(0.1)
     finally:
         probe.close()
-
-
-def _internal_error(rec: Record, exc: BaseException) -> InvalidMessage:
-    """A dead letter for a record that broke a stage in an unforeseen way."""
-    return InvalidMessage(
-        topic=rec.topic,
-        partition=rec.partition,
-        offset=rec.offset,
-        key=rec.key,
-        value=rec.value,
-        headers=list(rec.headers or ()),
-        reason="internal_error",
-        detail=f"{type(exc).__name__}: {exc}"[:500],
-    )
 
 
 def _overrun(grace_s: float) -> None:

@@ -59,30 +59,6 @@ BAD_KINDS = ("undecodable", "huge_ts", "nan", "overflow", "wrong_shape", "missin
 FAULTS = ("kill_service", "kill_broker", "none")
 
 
-@pytest.fixture(scope="session")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The BasicMotions model (trained once per session, in the directory tests/model uses)."""
-    from stream_infer.model.zoo import ensure_model
-
-    return ensure_model("sensor", tmp_path_factory.getbasetemp() / "models")
-
-
-@pytest.fixture
-def procs():
-    started: list[ServiceProcess] = []
-    yield started
-    for p in started:
-        p.close()
-
-
-@pytest.fixture
-def feeders():
-    made: list[StreamFeeder] = []
-    yield made
-    for f in made:
-        f.stop()
-
-
 def bad_message(kind: str, rng: np.random.Generator, entity: str, seq: int) -> tuple[Message, str]:
     """A bad message of ``kind`` and the reason the service must give it. Those with a key use a
     good entity's key and its next seq with other values: were one accepted, the good sample

@@ -32,22 +32,6 @@ pytestmark = pytest.mark.integration
 GUARANTEES = ["at-least-once", "exactly-once"]
 
 
-@pytest.fixture(scope="session")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The BasicMotions model (trained once per session, in the directory tests/model uses)."""
-    from stream_infer.model.zoo import ensure_model
-
-    return ensure_model("sensor", tmp_path_factory.getbasetemp() / "models")
-
-
-@pytest.fixture
-def procs():
-    started: list[ServiceProcess] = []
-    yield started
-    for p in started:
-        p.close()
-
-
 def _wait(cond, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():

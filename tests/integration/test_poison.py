@@ -51,30 +51,6 @@ RATE = 400  # good messages per second: 50 rounds a second, each half in 2 s
 HUGE_TS = b"99999999999999999999"  # > 2**63
 
 
-@pytest.fixture(scope="session")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The BasicMotions model (trained once per session, in the directory tests/model uses)."""
-    from stream_infer.model.zoo import ensure_model
-
-    return ensure_model("sensor", tmp_path_factory.getbasetemp() / "models")
-
-
-@pytest.fixture
-def procs():
-    started: list[ServiceProcess] = []
-    yield started
-    for p in started:
-        p.close()
-
-
-@pytest.fixture
-def feeders():
-    made: list[StreamFeeder] = []
-    yield made
-    for f in made:
-        f.stop()
-
-
 def _start(cfg: dict, tmp_path: Path, procs: list[ServiceProcess]) -> ServiceProcess:
     procs.append(p := ServiceProcess(cfg, tmp_path))
     p.wait_ready(90)
