@@ -37,6 +37,19 @@ def _client_id(role: str) -> str:
     return f"test-{role}-{uuid.uuid4().hex[:8]}"
 
 
+def reader_consumer(bootstrap: str, committed_only: bool = True, **kw: Any) -> KafkaConsumer:
+    """A group-less consumer that reads from the start, with a client id of its own."""
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        client_id=_client_id("reader"),
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+        **kw,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -249,14 +262,7 @@ def read_predictions(
 ) -> list[dict[str, Any]]:
     """Every record of ``topic`` from the start, once at least ``expect`` arrived (or the timeout),
     plus a short grace for extra ones (duplicates)."""
-    c = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        client_id=_client_id("reader"),
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed" if committed_only else "read_uncommitted",
-    )
+    c = reader_consumer(bootstrap, committed_only)
     parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
     c.assign(parts)
     c.seek_to_beginning(*parts)
@@ -502,15 +508,7 @@ class TopicReader:
     """Reads every partition of a topic from the start, with a client id of its own."""
 
     def __init__(self, bootstrap: str, topic: str, committed_only: bool = True) -> None:
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id=_client_id("reader"),
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            isolation_level="read_committed" if committed_only else "read_uncommitted",
-            max_partition_fetch_bytes=16 << 20,
-        )
+        self.consumer = reader_consumer(bootstrap, committed_only, max_partition_fetch_bytes=16 << 20)
         deadline = time.monotonic() + 30
         while not (parts := self.consumer.partitions_for_topic(topic)):
             assert time.monotonic() < deadline, f"topic {topic} has no partitions"
