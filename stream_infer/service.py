@@ -320,7 +320,6 @@ class Service:
         if not len(batch):
             return
         m = self.metrics
-        m.events.inc(len(batch))
         store = self.store
         parts = store.parts(batch.entities)
         if len(parts) > 1:
@@ -339,6 +338,9 @@ class Service:
                     evicted += store.evict_lru(need - evicted, set(part.entities))
                 m.evicted.labels("lru").inc(evicted)
             wb, st = store.push(part, time.monotonic())
+            m.events.inc(
+                len(part)
+            )  # counted once pushed: a poll retried record by record is not counted twice
             if st.duplicates:
                 m.dropped.labels("duplicate_or_older_seq").inc(st.duplicates)
             if st.resets:
