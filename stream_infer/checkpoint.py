@@ -37,9 +37,12 @@ not at all. A transaction that fails, or whose steps 3-4 get no answer within
 request across a broker restart and would wait forever), is abandoned and the instance rewinds::
 
     1. a new producer with the same transactional id: ``init_transactions`` fences the old one
-       and aborts its open transaction (its predictions and changelog records vanish)
-    2. every assigned partition seeks back to its last committed offset
-    3. the state of those partitions is dropped and restored from the (committed) changelog
+       and aborts its open transaction (its predictions and changelog records vanish), or waits
+       until a commit that reached the coordinator before the outage has completed
+    2. every assigned partition seeks back to its committed offset, read from the broker (not
+       from memory: the abandoned commit may have succeeded)
+    3. the state of those partitions is dropped and restored from the (committed) changelog,
+       read after the offsets, so it is never older than the position it resumes from
 
 so the replayed input recomputes exactly what was aborted. Only ``ProducerFencedError`` (another
 live instance owns the transactional id) is fatal: the process exits.
@@ -224,10 +227,15 @@ class Checkpointer:
         self.store.drop_partitions({tp.partition for tp in assigned})
         self.store.reset_pending()
         self.offsets.clear()
+        # The broker, not memory, says where the last transaction ended: an abandoned commit
+        # may have gone through after all (its EndTxn reached the coordinator before the
+        # outage, only the answer was lost). The new producer's init_transactions has waited
+        # for that transaction to complete, so offsets read now are final; they are read before
+        # the changelog, so the restored state is never older than the offsets it resumes from
+        # (a newer state only drops the replayed samples by seq).
+        self._committed.clear()
         for tp in assigned:
-            offset = self._committed.get(tp)
-            if offset is None:
-                offset = self._fetch_committed(tp)
+            offset = self._fetch_committed(tp)
             if offset is None:
                 if self.settings.kafka.auto_offset_reset == "earliest":
                     consumer.seek_to_beginning(tp)

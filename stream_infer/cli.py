@@ -284,8 +284,44 @@ from stream_infer.bench.cli import bench_app  # noqa: E402
 app.add_typer(bench_app, name="bench")
 
 
+# Packages that only an extra installs: the serving install (`pip install stream-infer`) lacks
+# them, so a command that needs one names the extra instead of printing a traceback.
+_EXTRAS = {
+    "torch": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "tqdm": "train",
+    "av": "train",
+    "pyts": "train",
+    "skimage": "train",
+    "skvideo": "train",
+    "tensorrt": "gpu",
+    "cuda": "gpu",
+    "matplotlib": "bench",
+    "confluent_kafka": "bench",
+    "pyinstrument": "bench",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The extra that installs the missing module of ``exc``, if one does."""
+    return _EXTRAS.get((exc.name or "").split(".")[0])
+
+
 def main() -> None:
-    app()
+    """The console entry point: the Typer app, with a one-line hint for a missing extra."""
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        typer.echo(
+            f"error: this command needs {exc.name!r}, which the serving install leaves out: "
+            f"pip install 'stream-infer[{extra}]'",
+            err=True,
+        )
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -84,12 +84,38 @@ def service_config(bootstrap: str, topic: str, artifact: Path, instance: str, **
     return _merge(base, over)
 
 
+_WITHOUT = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class _NotInstalled(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+sys.argv[0] = "stream-infer"
+from stream_infer.cli import main
+main()
+"""
+
+
+def python_without(blocked: tuple[str, ...] = ()) -> list[str]:
+    """The argv prefix of ``stream-infer`` run by this interpreter; the top-level packages in
+    ``blocked`` fail to import there as if they were not installed."""
+    if not blocked:
+        return [sys.executable, "-m", "stream_infer.cli"]
+    return [sys.executable, "-c", f"BLOCKED = {set(blocked)!r}\n{_WITHOUT}"]
+
+
 class ServiceProcess:
     """One ``stream-infer serve`` process; stdout and stderr go to ``<dir>/<instance>-N.log``."""
 
     _n = 0
 
-    def __init__(self, config: dict[str, Any], directory: Path) -> None:
+    def __init__(self, config: dict[str, Any], directory: Path, without: tuple[str, ...] = ()) -> None:
+        """``without``: top-level packages the process cannot import, as if not installed."""
         ServiceProcess._n += 1
         self.config = config
         self.name = f"{config['kafka']['group_instance_id']}-{ServiceProcess._n}"
@@ -100,7 +126,7 @@ class ServiceProcess:
         self._log = self.log_path.open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_INFER_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_infer.cli", "serve", "--config", str(self.cfg_path)],
+            [*python_without(without), "serve", "--config", str(self.cfg_path)],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -542,15 +568,22 @@ def read_hops(
     try:
         while left and time.monotonic() < deadline:
             for r in reader.poll():
-                p = orjson.loads(r.value)
+                p = _located(r)
                 out.append(p)
                 left.discard((p["entity"], p["seq"]))
         end = time.monotonic() + grace_s
         while time.monotonic() < end:
-            out.extend(orjson.loads(r.value) for r in reader.poll(100))
+            out.extend(_located(r) for r in reader.poll(100))
     finally:
         reader.close()
     return out
+
+
+def _located(record: Any) -> dict[str, Any]:
+    """A prediction with where it was read (``_at``: partition@offset), for failure messages."""
+    p = orjson.loads(record.value)
+    p["_at"] = f"{record.partition}@{record.offset}"
+    return p
 
 
 def read_dead_letters(
@@ -594,7 +627,14 @@ def check_delivery(
     assert not missing, f"{len(missing)} of {len(ref)} hops have no prediction, e.g. {missing[:5]}"
     dups = {k: n for k, n in counts.items() if n > 1}
     if guarantee == "exactly-once":
-        assert not dups, f"{len(dups)} hops published more than once, e.g. {sorted(dups)[:5]}"
+        where: dict[tuple[str, int], list[str]] = {}
+        for p in preds:
+            if (k := (p["entity"], p["seq"])) in dups:
+                where.setdefault(k, []).append(p.get("_at", "?"))
+        assert not dups, (
+            f"{len(dups)} hops published more than once, e.g. {sorted(dups)[:5]}; "
+            f"copies at (partition@offset): {dict(sorted(where.items())[:8])}"
+        )
     else:
         first: dict[tuple[str, int], dict[str, Any]] = {}
         differ = []

@@ -78,4 +78,4 @@ def test_wheel_has_type_marker_and_console_script(tmp_path: Path) -> None:
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         text = z.read(entry_points).decode()
     assert "[console_scripts]" in text
-    assert "stream-infer = stream_infer.cli:app" in text
+    assert "stream-infer = stream_infer.cli:main" in text

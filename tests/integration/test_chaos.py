@@ -132,12 +132,19 @@ def _schedule(seed: int, entities: list[str]) -> tuple[list[dict], dict[int, lis
 
 
 @contextlib.contextmanager
-def _named(what: str) -> Iterator[None]:
-    """Any failure inside names ``what`` (the seed and schedule that reproduce it)."""
+def _named(what: str, procs: list[ServiceProcess]) -> Iterator[None]:
+    """Any failure inside names ``what`` (the seed and schedule that reproduce it) and carries
+    the services' own account of the run (their stream_infer lines at INFO and above)."""
     try:
         yield
     except Exception as exc:
-        raise AssertionError(f"{what}:\n{type(exc).__name__}: {exc}") from exc
+        story = "\n".join(f"--- {p.name}\n{_own_lines(p)}" for p in procs)
+        raise AssertionError(f"{what}:\n{type(exc).__name__}: {exc}\nservice logs:\n{story}") from exc
+
+
+def _own_lines(p: ServiceProcess, keep: int = 40) -> str:
+    lines = [ln for ln in p.log(tail=100_000).splitlines() if " stream_infer." in ln]
+    return "\n".join(ln[:300] for ln in lines[-keep:])
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
@@ -169,7 +176,7 @@ def test_random_crashes_and_bad_messages_lose_no_good_hop(
     def still_alive(p: ServiceProcess, when: str) -> None:
         assert p.alive(), f"the service exited by itself {when} (code {p.proc.returncode}):\n{p.log()}"
 
-    with _named(what):
+    with _named(what, procs):
         p = start()
         feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, RATE, extra=extra))
         feeder.start(0)

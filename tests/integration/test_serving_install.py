@@ -1,0 +1,97 @@
+"""The serving install (``pip install stream-infer``, no extras) serves: the service runs as a
+real process in which every package of the ``[train]``, ``[bench]`` and ``[gpu]`` extras fails
+to import, as if not installed, and its predictions equal the offline reference. A command
+that needs an extra says which, in one line."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import tomllib
+import yaml
+
+from tests.processes import (
+    ROOT,
+    ServiceProcess,
+    StreamFeeder,
+    check_delivery,
+    entity_streams,
+    python_without,
+    read_hops,
+    reference,
+    service_config,
+)
+
+pytestmark = [pytest.mark.integration]
+
+# Import names of every package that only an extra installs (pyproject.toml's extras).
+EXTRA_ONLY = (
+    "torch",
+    "onnx",
+    "onnxscript",
+    "tqdm",
+    "av",
+    "pyts",
+    "skimage",
+    "skvideo",
+    "tensorrt",
+    "cuda",
+    "matplotlib",
+    "confluent_kafka",
+    "pyinstrument",
+)
+
+
+def test_the_serving_dependencies_leave_out_training_benchmarks_and_gpu() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"]).lower()
+    for heavy in ("torch", "onnxscript", "pyts", "scikit", "av>", "tqdm", "matplotlib", "tensorrt"):
+        assert heavy not in core, f"{heavy} is a serving dependency"
+    assert {"train", "gpu", "bench", "dev"} <= set(project["optional-dependencies"])
+
+
+def test_serve_runs_end_to_end_without_the_extras(
+    kafka_bootstrap, new_topic, artifact, tmp_path: Path, procs, feeders
+) -> None:
+    topic = new_topic("slim", partitions=2)
+    streams = entity_streams(4, 2, seed=5)
+    ref = reference(artifact, streams)
+    cfg = service_config(kafka_bootstrap, topic, artifact, "a")
+    check = subprocess.run(
+        [*python_without(EXTRA_ONLY), "serve", "--check", "--config", str(_write(tmp_path, cfg))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "engine ok" in check.stdout, check.stdout
+    procs.append(p := ServiceProcess(cfg, tmp_path, without=EXTRA_ONLY))
+    p.wait_ready(120)
+    feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 400))
+    feeder.start()
+    feeder.join(120)
+    preds = read_hops(kafka_bootstrap, f"{topic}.out", set(ref), timeout_s=60)
+    check_delivery(preds, ref, "at-least-once")
+    assert p.terminate(30) == 0, p.log()
+
+
+def test_a_command_that_needs_an_extra_names_it(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*python_without(EXTRA_ONLY), "train", "--out", str(tmp_path / "m")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "pip install 'stream-infer[train]'" in lines[0], lines
+
+
+def _write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "check.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
