@@ -180,7 +180,7 @@ def serve(
 
     try:
         settings = load_settings(config)
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.logging.format)
         from stream_infer.service import Service
 
         svc = Service(settings)

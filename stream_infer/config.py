@@ -170,6 +170,14 @@ class MetricsSettings(_Section):
     lag_interval_s: float = Field(5.0, gt=0)
 
 
+class LoggingSettings(_Section):
+    """``text``: one line per record for people; ``json``: one JSON object per line (``ts``,
+    ``level``, ``logger``, ``message``, and ``entity``, ``partition``, ``offset``, ``reason``
+    where a record is about one message) for log pipelines."""
+
+    format: Literal["text", "json"] = "text"
+
+
 class Settings(BaseSettings):
     """All settings of one service instance."""
 
@@ -187,6 +195,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     shutdown_grace_s: float = Field(30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    logging: LoggingSettings = LoggingSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -5,14 +5,27 @@ is out of reach. Until the first connection succeeds those lines are held back: 
 cannot reach Kafka then ends in one line that names the cause (``kafka_startup_fault``), not in
 hundreds of client lines. ``kafka_connected`` lets kafka-python's warnings through from then on.
 At ``log_level`` DEBUG nothing is held back.
+
+Two kafka-python warnings say nothing an operator can act on and are dropped below DEBUG: "Task
+... blocking the event loop" (its IO thread noticed a slow step, e.g. a large poll parsed in
+Python) and "No partition metadata" (a topic's metadata not fetched yet, which it then fetches).
+
+``format="json"`` writes one JSON object per line: ``ts``, ``level``, ``logger``, ``message``,
+``exc`` (a traceback, when there is one) and the fields of ``FIELDS`` a caller passed as
+``extra`` (the entity, partition and offset of the message a line is about).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime, timezone
 
+import orjson
 from kafka.errors import KafkaTimeoutError
+
+FIELDS = ("entity", "topic", "partition", "offset", "reason")
+_NOISE = ("blocking the event loop", "No partition metadata")
 
 
 class _LastFault(logging.Handler):
@@ -33,18 +46,55 @@ class _LastFault(logging.Handler):
 _held = _LastFault()
 
 
-def configure_logging(level: str = "INFO") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in FIELDS:
+            if (value := record.__dict__.get(key)) is not None:
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+class _DropNoise(logging.Filter):
+    """Drops kafka-python's unactionable warnings (see the module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING or not record.name.startswith("kafka"):
+            return True
+        if not isinstance(record.msg, str):
+            return True
+        return not any(n in record.msg for n in _NOISE)
+
+
+_noise = _DropNoise()
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     kafka = logging.getLogger("kafka")
     kafka.removeHandler(_held)
     kafka.propagate = True
+    # On the handler: a logger's filters do not see records of its children (kafka.net...).
     if root.level <= logging.DEBUG:
         kafka.setLevel(logging.DEBUG)
         return
+    handler.addFilter(_noise)
     # Until kafka_connected(): only kafka-python's errors, kept for the start's error message.
     kafka.setLevel(logging.ERROR)
     kafka.propagate = False

@@ -383,6 +383,7 @@ class Service:
                     msg.reason,
                     msg.detail[:200],
                     self.settings.dead_letter_topic,
+                    extra=_about(msg),
                 )
 
     def _backpressure(self) -> None:
@@ -439,6 +440,18 @@ class Service:
         m.restored.inc(r.restored)
         m.active_entities.set(len(self.store))
         return r.restored
+
+
+def _about(msg: InvalidMessage) -> dict[str, object]:
+    """The log fields of a line about one message (``logging.format: json`` shows them)."""
+    entity = msg.key.decode("utf-8", "replace") if msg.key is not None else None
+    return {
+        "entity": entity,
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "reason": msg.reason,
+    }
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -1,13 +1,15 @@
 """The serving install (``pip install stream-infer``, no extras) serves: the service runs as a
 real process in which every package of the ``[train]``, ``[bench]`` and ``[gpu]`` extras fails
 to import, as if not installed, and its predictions equal the offline reference. A command
-that needs an extra says which, in one line."""
+that needs an extra says which, in one line. Its log (``logging.format: json``) is one JSON
+object per line."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
+import orjson
 import pytest
 import tomllib
 import yaml
@@ -58,7 +60,7 @@ def test_serve_runs_end_to_end_without_the_extras(
     topic = new_topic("slim", partitions=2)
     streams = entity_streams(4, 2, seed=5)
     ref = reference(artifact, streams)
-    cfg = service_config(kafka_bootstrap, topic, artifact, "a")
+    cfg = service_config(kafka_bootstrap, topic, artifact, "a", logging={"format": "json"})
     check = subprocess.run(
         [*python_without(EXTRA_ONLY), "serve", "--check", "--config", str(_write(tmp_path, cfg))],
         cwd=ROOT,
@@ -76,6 +78,8 @@ def test_serve_runs_end_to_end_without_the_extras(
     preds = read_hops(kafka_bootstrap, f"{topic}.out", set(ref), timeout_s=60)
     check_delivery(preds, ref, "at-least-once")
     assert p.terminate(30) == 0, p.log()
+    lines = p.log(tail=100_000).splitlines()
+    assert lines and all(orjson.loads(ln)["level"] for ln in lines), "not one JSON object per line"
 
 
 def test_a_command_that_needs_an_extra_names_it(tmp_path: Path) -> None:
