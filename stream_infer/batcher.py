@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_infer.records import WindowBatch
+from stream_infer.records import WindowBatch, concat_trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,7 @@ class Chunk:
     fresh: np.ndarray  # [M] bool
     x: np.ndarray  # [M, W, *shape] float32
     enqueued_s: np.ndarray  # [M] float64 monotonic
+    trace: list[bytes | None] | None = None  # [M] traceparent to publish with each prediction
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -33,7 +34,14 @@ class Chunk:
     @classmethod
     def of(cls, wb: WindowBatch) -> Chunk:
         return cls(
-            wb.slots, wb.entities, wb.seq, wb.event_ms, wb.fresh, wb.x, np.full(len(wb), wb.enqueued_s)
+            wb.slots,
+            wb.entities,
+            wb.seq,
+            wb.event_ms,
+            wb.fresh,
+            wb.x,
+            np.full(len(wb), wb.enqueued_s),
+            wb.trace,
         )
 
     def select(self, idx: np.ndarray) -> Chunk:
@@ -45,6 +53,7 @@ class Chunk:
             self.fresh[idx],
             self.x[idx],
             self.enqueued_s[idx],
+            None if self.trace is None else [self.trace[i] for i in idx.tolist()],
         )
 
     @staticmethod
@@ -59,6 +68,7 @@ class Chunk:
             np.concatenate([c.fresh for c in chunks]),
             np.concatenate([c.x for c in chunks]),
             np.concatenate([c.enqueued_s for c in chunks]),
+            concat_trace([c.trace for c in chunks], [len(c) for c in chunks]),
         )
 
 

@@ -44,8 +44,11 @@ request across a broker restart and would wait forever), is abandoned and the in
     3. the state of those partitions is dropped and restored from the (committed) changelog,
        read after the offsets, so it is never older than the position it resumes from
 
-so the replayed input recomputes exactly what was aborted. Only ``ProducerFencedError`` (another
-live instance owns the transactional id) is fatal: the process exits.
+so the replayed input recomputes exactly what was aborted. A lost assignment (the group dropped
+this member, e.g. its session expired across a broker restart) abandons the open transaction the
+same way: the lost partitions' state is dropped without a checkpoint, and their replay must not
+publish into a transaction that already holds its first results. Only ``ProducerFencedError``
+(another live instance owns the transactional id) is fatal: the process exits.
 """
 
 from __future__ import annotations
@@ -195,6 +198,18 @@ class Checkpointer:
         self.metrics.commit_time.observe(time.perf_counter() - t0)
         if n or offsets:
             logger.debug("checkpoint: %d state records, %d partitions", n, len(offsets))
+
+    def abandon(self, why: str) -> None:
+        """Exactly-once: give up the open transaction without committing it; the run loop
+        rewinds (aborting it) before it ingests again. For state dropped without a checkpoint
+        (lost partitions), whose replayed input must not add to a transaction that already
+        holds its first results. No-op at-least-once, where the replay's duplicates are allowed."""
+        if self.eos and not self.closed and not self.rewind_pending:
+            self.metrics.kafka_errors.labels("transaction").inc()
+            logger.warning(
+                "transaction abandoned (%s); rewinding to the last committed offsets and state", why
+            )
+            self.rewind_pending = True
 
     def _commit_transaction(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         """Steps 3-4 of the exactly-once path, each bounded by ``request_timeout_ms``.

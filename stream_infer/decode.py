@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -160,7 +161,12 @@ class Decoder:
         finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
         if not finite.all():
             return None
-        batch = SampleBatch(entities=ents, seq=seq, event_ms=event_ms, values=arr, partition=parts)
+        trace = message_traces(records)
+        if trace is not None and counts is not None:
+            trace = [t for t, n in zip(trace, counts, strict=True) for _ in range(n)]
+        batch = SampleBatch(
+            entities=ents, seq=seq, event_ms=event_ms, values=arr, partition=parts, trace=trace
+        )
         return DecodeResult(batch, [], len(records))
 
     def _decode_each(self, records: Sequence[Record]) -> DecodeResult:
@@ -213,15 +219,21 @@ class Decoder:
             arr = arr[keep]
             idx = np.flatnonzero(keep)
             entities = [entities[i] for i in idx]
+            accepted = [accepted[i] for i in np.flatnonzero(keep_msg)]
+            counts = [counts[i] for i in np.flatnonzero(keep_msg)]
             seqs = [seqs[i] for i in idx]
             times = [times[i] for i in idx]
             parts = [parts[i] for i in idx]
+        trace = message_traces(accepted)
+        if trace is not None:
+            trace = [t for t, n in zip(trace, counts, strict=True) for _ in range(n)]
         batch = SampleBatch(
             entities=entities,
             seq=np.asarray(seqs, dtype=np.int64),
             event_ms=np.asarray(times, dtype=np.int64),
             values=arr,
             partition=np.asarray(parts, dtype=np.int32),
+            trace=trace,
         )
         return DecodeResult(batch, invalid, len(records))
 
@@ -347,6 +359,25 @@ def _entity(rec: Record) -> str:
         return rec.key.decode("utf-8")
     except UnicodeDecodeError:
         raise DecodeError("bad_key", "the key is not UTF-8") from None
+
+
+_TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def message_traces(records: Sequence[Record]) -> list[bytes | None] | None:
+    """The W3C ``traceparent`` header of each message (None where absent or malformed: a bad
+    trace header is not a reason to drop a sample); None when no message has one."""
+    if not any(r.headers for r in records):
+        return None
+    out = [_traceparent(r.headers) for r in records]
+    return out if any(out) else None
+
+
+def _traceparent(headers: Any) -> bytes | None:
+    for k, v in headers or ():
+        if k == "traceparent" and isinstance(v, bytes) and _TRACEPARENT.fullmatch(v.lower()):
+            return v.lower()
+    return None
 
 
 def _headers(rec: Record) -> dict[str, bytes]:

@@ -98,7 +98,9 @@ class EntityStore:
         slots, new = self.slots.assign(batch.entities, batch.partition, now_s)
         if len(new):
             self.windows.reset(new)  # fresh: the first window starts from zero state
-        wb, st = self.windows.push(slots, batch.seq, batch.event_ms, batch.values, batch.entities)
+        wb, st = self.windows.push(
+            slots, batch.seq, batch.event_ms, batch.values, batch.entities, batch.trace
+        )
         self.dirty[slots] = True
         return wb, st
 

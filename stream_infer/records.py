@@ -20,6 +20,8 @@ class SampleBatch:
     event_ms: np.ndarray  # [N] int64 event time, ms since the epoch
     values: np.ndarray  # [N, *sample_shape] float32
     partition: np.ndarray  # [N] int32 source partition
+    # [N] W3C ``traceparent`` of each sample's message; None when no message of the batch had one
+    trace: list[bytes | None] | None = None
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -32,6 +34,7 @@ class SampleBatch:
             np.concatenate([b.event_ms for b in batches]),
             np.concatenate([b.values for b in batches]),
             np.concatenate([b.partition for b in batches]),
+            concat_trace([b.trace for b in batches], [len(b) for b in batches]),
         )
 
     def part(self, lo: int, hi: int) -> SampleBatch:
@@ -44,6 +47,7 @@ class SampleBatch:
             self.event_ms[lo:hi],
             self.values[lo:hi],
             self.partition[lo:hi],
+            None if self.trace is None else self.trace[lo:hi],
         )
 
 
@@ -58,6 +62,7 @@ class WindowBatch:
     fresh: np.ndarray  # [M] bool: start from zero state (new entity or reset)
     x: np.ndarray  # [M, W, *sample_shape] float32
     enqueued_s: float  # monotonic time the batch left the window store
+    trace: list[bytes | None] | None = None  # [M] traceparent of the window's last sample
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -90,3 +95,13 @@ class InvalidMessage:
     headers: list[tuple[str, bytes]]
     reason: str
     detail: str
+
+
+def concat_trace(traces: list[list[bytes | None] | None], sizes: list[int]) -> list[bytes | None] | None:
+    """The trace columns of consecutive batches as one (None when none has any)."""
+    if all(t is None for t in traces):
+        return None
+    out: list[bytes | None] = []
+    for t, n in zip(traces, sizes, strict=True):
+        out.extend([None] * n if t is None else t)
+    return out

@@ -195,8 +195,8 @@ class Service:
                 self.health.beat()
                 self._watch_group()
                 if self.checkpointer.rewind_pending:
-                    # A transaction failed in a rebalance callback: what was just polled is
-                    # refetched after the rewind seeks back.
+                    # A transaction failed or was abandoned in a rebalance callback: what was
+                    # just polled is refetched after the rewind seeks back.
                     self.checkpointer.rewind()
                     continue
                 if polled:
@@ -489,12 +489,18 @@ class _Listener(ConsumerRebalanceListener):
         self._assigned_gauge()
 
     def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        # Another member may already own them: drop without committing.
+        """The group dropped this member (a session expired, e.g. across a broker restart):
+        another member may already own the partitions, so nothing is committed and their
+        state is dropped. Under exactly-once the open transaction holds work on that state
+        since the last commit; it is abandoned (aborted by the rewind before the next ingest),
+        or the replay from the last commit would publish the same predictions into it again."""
         svc = self.svc
         svc.metrics.rebalances.labels("lost").inc()
         svc.drain()
+        svc.checkpointer.abandon("the group dropped this member")
         svc.drop_partitions({tp.partition for tp in lost})
         svc.checkpointer.forget(lost)
+        logger.info("lost partitions %s", sorted(tp.partition for tp in lost))
         self._assigned_gauge()
 
     def _assigned_gauge(self) -> None:

@@ -119,7 +119,9 @@ class Sink:
         Per prediction this builds one dict and one ``orjson.dumps``; everything else (labels,
         rows, emit time, partitions) is computed once per batch. The partition of each key is
         the default partitioner's (murmur2, as the Java client), cached per entity so the
-        pure-Python hash runs once per entity rather than once per prediction."""
+        pure-Python hash runs once per entity rather than once per prediction. A window whose
+        last sample's message carried a W3C ``traceparent`` header publishes it with the
+        prediction, so a trace follows a sample into the prediction it completed."""
         emit_ms = time.time_ns() // 1_000_000
         label_idx = scores.argmax(axis=1)
         labels = self.labels[label_idx] if len(self.labels) == scores.shape[1] else label_idx.astype(str)
@@ -130,13 +132,15 @@ class Sink:
         dumps = orjson.dumps
         entities = batch.entities
         parts = self._partitions(entities)
-        for ent, part, sq, ev, sc, lab in zip(
+        traces = batch.trace if batch.trace is not None else [None] * len(entities)
+        for ent, part, sq, ev, sc, lab, tp in zip(
             entities,
             parts,
             batch.seq.tolist(),
             batch.event_ms.tolist(),
             scores.tolist(),
             labels.tolist(),
+            traces,
             strict=True,
         ):
             doc = {
@@ -148,7 +152,10 @@ class Sink:
                 "label": lab,
                 "model": model,
             }
-            send(topic, key=ent.encode(), value=dumps(doc), partition=part).add_errback(errback)
+            headers = None if tp is None else [("traceparent", tp)]
+            send(topic, key=ent.encode(), value=dumps(doc), partition=part, headers=headers).add_errback(
+                errback
+            )
         return np.full(len(batch), emit_ms, dtype=np.int64)
 
     def _partitions(self, entities: list[str]) -> list[int | None]:

@@ -61,6 +61,7 @@ class WindowStore:
         event_ms: np.ndarray,
         values: np.ndarray,
         entities: list[str],
+        trace: list[bytes | None] | None = None,
     ) -> tuple[WindowBatch, PushStats]:
         """Append samples ([N] slots/seq/event_ms, values [N, *shape]) in arrival order."""
         n = len(slots)
@@ -132,14 +133,16 @@ class WindowStore:
         arrival = np.argsort(order[c], kind="stable")
         c = c[arrival]
         slots_c = s_slot[c]
+        src = order[c].tolist()  # input index of each window's last sample
         batch = WindowBatch(
             slots=slots_c,
-            entities=[entities[i] for i in order[c].tolist()],
+            entities=[entities[i] for i in src],
             seq=s_seq[c],
             event_ms=s_event[c],
             fresh=fresh[arrival],
             x=x[arrival],
             enqueued_s=time.monotonic(),
+            trace=None if trace is None else [trace[i] for i in src],
         )
         return batch, PushStats(duplicates, resets)
 

@@ -9,6 +9,7 @@ from zero state with torch, and - where the guarantee says so - exactly once.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -219,3 +220,45 @@ def test_sigterm_publishes_everything_consumed_and_exits_0_within_the_grace_peri
         f"{len(set(counts) - hops_consumed)} published beyond the committed offsets"
     )
     assert max(counts.values()) == 1
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_a_member_the_group_dropped_resumes_without_losing_or_repeating_a_hop(
+    kafka_bootstrap, new_topic, artifact, tmp_path: Path, procs, guarantee
+):
+    """SIGSTOP longer than the session timeout: the group drops the member while its open
+    transaction holds predictions. On SIGCONT the member learns it lost its partitions
+    (``on_partitions_lost``, before any commit: the commit interval is long), rejoins and
+    restores them from the changelog; under exactly-once the open transaction must be aborted,
+    or the replay publishes the same hops into it a second time."""
+    topic = new_topic("lost", partitions=3)
+    streams = entity_streams(12, 3, seed=4)
+    ref = reference(artifact, streams)
+    cfg = service_config(
+        kafka_bootstrap,
+        topic,
+        artifact,
+        "a",
+        delivery={"guarantee": guarantee, "commit_interval_ms": 20_000, "transaction_timeout_ms": 60_000},
+    )
+    procs.append(p := ServiceProcess(cfg, tmp_path))
+    p.wait_ready()
+    feeder = Feeder(kafka_bootstrap, topic, streams, rate=600).start()
+    _wait(lambda: p.metric("stream_infer_predictions_total") > 50, 30, "the first predictions")
+    if guarantee == "exactly-once":
+        _wait(
+            lambda: open_transaction_records(kafka_bootstrap, f"{topic}.out", 3) > 0,
+            30,
+            "an open transaction",
+        )
+    p.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(cfg["kafka"]["session_timeout_ms"] / 1000 + 4)
+    finally:
+        p.proc.send_signal(signal.SIGCONT)
+    _wait(lambda: p.metric('stream_infer_rebalances_total{kind="lost"}') > 0, 30, "the lost assignment")
+    feeder.join(120)
+    preds = read_predictions(kafka_bootstrap, f"{topic}.out", len(ref), timeout_s=90)
+    assert p.alive(), f"the service exited:\n{p.log()}"
+    _check_delivery(preds, ref, guarantee)
+    assert p.terminate(30) == 0
