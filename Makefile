@@ -31,7 +31,7 @@ kafka-start: install
 kafka-stop:
 	deploy/local/kafka.sh stop
 
-LINT_PATHS := stream_infer engines tests $(wildcard benches) deploy/tools
+LINT_PATHS := stream_infer engines benchmarks tests deploy/tools
 
 lint: install
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -60,7 +60,7 @@ demo-frames: install
 	$(BIN)/stream-infer demo --kind frame
 
 bench: install
-	$(BIN)/stream-infer bench all
+	$(BIN)/python -m benchmarks all
 
 clean:
 	deploy/local/kafka.sh stop || true

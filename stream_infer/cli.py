@@ -277,13 +277,6 @@ def demo(
     )
 
 
-# --- bench ---
-
-from stream_infer.bench.cli import bench_app  # noqa: E402
-
-app.add_typer(bench_app, name="bench")
-
-
 # Packages that only an extra installs: the serving install (`pip install stream-infer`) lacks
 # them, so a command that needs one names the extra instead of printing a traceback.
 _EXTRAS = {

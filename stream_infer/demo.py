@@ -46,11 +46,11 @@ class Tally:
 
 
 def find_kafka_script() -> Path | None:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        p = base / "deploy" / "local" / "kafka.sh"
-        if p.is_file():
-            return p
-    return None
+    """The repository's broker script, from the working directory (``make demo`` runs in the
+    repository root): an installed package carries no broker. None: run from the repository,
+    or set ``KAFKA_BOOTSTRAP`` to a broker of your own."""
+    p = Path.cwd() / "deploy" / "local" / "kafka.sh"
+    return p if p.is_file() else None
 
 
 def run_demo(
@@ -70,7 +70,11 @@ def run_demo(
     started_broker = False
     if "KAFKA_BOOTSTRAP" not in os.environ:
         if script is None:
-            print("error: deploy/local/kafka.sh not found; set KAFKA_BOOTSTRAP", file=sys.stderr)
+            print(
+                "error: deploy/local/kafka.sh not found: run from the repository root, "
+                "or set KAFKA_BOOTSTRAP to your broker",
+                file=sys.stderr,
+            )
             return 2
         if subprocess.run([str(script), "status"], capture_output=True).returncode != 0:
             subprocess.run([str(script), "start"], check=True)

@@ -3,7 +3,7 @@ speed targets live in the benchmarks, not in the test suite)."""
 
 import orjson
 
-from stream_infer.bench import engine
+from benchmarks import engine
 
 
 def test_engine_benchmark_quick_mode_writes_its_json(sensor_model, tmp_path):
@@ -19,3 +19,12 @@ def test_engine_benchmark_quick_mode_writes_its_json(sensor_model, tmp_path):
         "engine >= 50% of matmul peak at batch 16"
     }
     assert all((tmp_path / name).is_file() for name in doc["plots"])
+
+
+def test_quick_runs_never_write_over_the_committed_figures(tmp_path):
+    from benchmarks.common import OUT_DIR, QUICK_DIR, out_dir
+
+    assert out_dir(None, quick=True) == QUICK_DIR
+    assert OUT_DIR not in QUICK_DIR.parents and QUICK_DIR != OUT_DIR
+    assert out_dir(None, quick=False) == OUT_DIR
+    assert out_dir(tmp_path, quick=True) == tmp_path

@@ -75,6 +75,8 @@ def test_wheel_has_type_marker_and_console_script(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         assert "stream_infer/py.typed" in names
+        # Tooling stays in the repository: the runtime wheel carries no benchmarks.
+        assert not [n for n in names if n.startswith(("benchmarks/", "stream_infer/bench/", "tests/"))]
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         text = z.read(entry_points).decode()
     assert "[console_scripts]" in text

@@ -1,7 +1,7 @@
 """GPU engine benchmark: TensorRT FP32/FP16 vs torch CUDA (eager and CUDA graphs) at batch
 1 ... 4096 on the BasicMotions model, after checking TensorRT's parity with ONNX Runtime.
 
-    python -m engines.gpu_bench [--artifacts artifacts] [--quick]
+    python -m benchmarks.gpu [--artifacts artifacts] [--quick]
 
 Steps, in order: train/reuse the model -> build the FP32 and FP16 plans for this GPU
 (``TrtBuilder``; a timing cache makes rebuilds fast) -> parity of each plan with ONNX Runtime
@@ -34,7 +34,7 @@ class GpuBench:
         import torch
 
         if not torch.cuda.is_available():
-            raise SystemExit("engines/gpu_bench.py needs a CUDA GPU; torch sees none")
+            raise SystemExit("benchmarks/gpu.py needs a CUDA GPU; torch sees none")
         from stream_infer.model.card import load_card
 
         self.torch = torch
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from stream_infer.bench.common import ARTIFACTS, OUT_DIR, Report, figure, save
+    from benchmarks.common import ARTIFACTS, OUT_DIR, Report, figure, save
     from stream_infer.model.zoo import ensure_model
 
     out_dir = a.out or OUT_DIR

@@ -23,8 +23,10 @@ from typing import Any, TypeVar
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = Path(os.environ.get("STREAM_INFER_BENCH_DIR", ROOT / "docs" / "benchmarks"))
+# --quick figures are smoke checks, not results: they never replace the committed ones.
+QUICK_DIR = ROOT / ".local" / "bench-quick"
 ARTIFACTS = Path(os.environ.get("STREAM_INFER_ARTIFACTS", ROOT / "artifacts"))
 KAFKA_SH = ROOT / "deploy" / "local" / "kafka.sh"
 K = TypeVar("K")
@@ -372,6 +374,14 @@ class OffsetWatch:
         self._c.close()
 
 
+def out_dir(out: Path | None, quick: bool) -> Path:
+    """Where a run writes: ``out`` when given, else the committed figures' folder, except for
+    ``--quick`` runs, which go to ``QUICK_DIR``."""
+    if out is not None:
+        return out
+    return QUICK_DIR if quick else OUT_DIR
+
+
 def bench_main(
     doc: str | None, run: Callable[[bool, int | None, Path], Report], argv: list[str] | None
 ) -> int:
@@ -381,9 +391,10 @@ def bench_main(
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--out", type=Path, default=OUT_DIR)
+    p.add_argument("--out", type=Path, default=None, help="default: docs/benchmarks (--quick: .local)")
     a = p.parse_args(argv)
-    report = run(a.quick, a.repeats, a.out)
+    out = out_dir(a.out, a.quick)
+    report = run(a.quick, a.repeats, out)
     print(report.summary())
-    print(f"wrote {report.write(a.out)}")
+    print(f"wrote {report.write(out)}")
     return 0

@@ -3,7 +3,7 @@ Runtime, BasicMotions JSON): the highest sustained events/s with the output keep
 to kafka-python's consume-only rate on the same topic in the same run, and event -> publish
 latency (p50/p99) at 25/50/75% of that rate.
 
-    python -m stream_infer.bench.e2e [--quick]
+    python -m benchmarks.e2e [--quick]
 
 Max rate: the input topic is pre-loaded, then the service is started and timed from its first
 consumed event until every expected prediction is on the output topic. Latency: a child process
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from stream_infer.bench import harness
-from stream_infer.bench.common import (
+from benchmarks import harness
+from benchmarks.common import (
     ARTIFACTS,
     OUT_DIR,
     Report,

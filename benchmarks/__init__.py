@@ -1,4 +1,4 @@
-"""Benchmarks behind ``stream-infer bench``: one module per benchmark, each with a ``main()``.
+"""Benchmarks behind ``python -m benchmarks`` (from the repository root; they are not part of the installed package): one module per benchmark, each with a ``main()``.
 
 ``engine``   predictions/s vs batch, carried state vs recompute, GFLOP/s vs the matmul peak
 ``client``   the Kafka clients' own produce-only and consume-only ceilings on the broker

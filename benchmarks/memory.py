@@ -5,7 +5,7 @@ Drives the service's real ingest path without a broker - ``Decoder`` (f32 record
 ``NumpyStateSlab`` whose completed windows' rows are written, as the engine thread would) - and reads the process RSS when 10k, 100k and 1M distinct entities have
 been seen. Each scenario runs in a fresh process, so one's memory never hides in another's.
 
-    python benches/memory.py            # prints a table, writes docs/benchmarks/memory.json
+    python -m benchmarks.memory           # prints a table, writes docs/benchmarks/memory.json
 
 Shapes are the BasicMotions model's (W=20, hop 10, 6 channels, 1x64 LSTM state).
 """
@@ -19,9 +19,10 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Rec:
     timestamp: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    headers: Sequence[tuple[str, bytes]] = field(default_factory=list)
 
 
 def rss_mb() -> float:
@@ -58,7 +59,7 @@ def rss_mb() -> float:
 
 
 def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
-    from stream_infer.decode import Decoder
+    from stream_infer.decode import Decoder, Record
     from stream_infer.entities import EntityStore, ModelShape
     from stream_infer.state import NumpyStateSlab
 
@@ -85,7 +86,7 @@ def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
         now += 1.0
         # The checkpoint's idle eviction, then the service's ingest (Service._window)
         evicted += store.evict_idle(now, ttl_s)
-        batch = decoder.decode(recs).samples
+        batch = decoder.decode(cast("list[Record]", recs)).samples
         need = store.shortfall(batch.entities)
         if need:
             evicted += store.evict_lru(need + max(1, cap // 10), protect=set(batch.entities))

@@ -2,7 +2,7 @@
 carried-state step vs recomputing the last T windows from zero state; achieved GFLOP/s vs the
 machine's fp32 matmul peak measured in the same run.
 
-    python -m stream_infer.bench.engine [--quick]
+    python -m benchmarks.engine [--quick]
 
 FLOPs are counted analytically from the module's layers (convolutions, LSTM gates, head: 2 per
 multiply-add) and cross-checked with ``torch.utils.flop_counter`` (which counts the
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_infer.bench.common import ARTIFACTS, OUT_DIR, Report, Stat, figure, interleaved, save, timed
+from benchmarks.common import ARTIFACTS, OUT_DIR, Report, Stat, figure, interleaved, save, timed
 
 BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
 QUICK_BATCHES = (1, 16, 256)

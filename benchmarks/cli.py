@@ -1,4 +1,7 @@
-"""``stream-infer bench``: one command per benchmark, plus ``all``. Logic lives in the modules."""
+"""``python -m benchmarks``: one command per benchmark, plus ``all``. Logic lives in the modules.
+
+The benchmarks live in the repository, not in the installed package: they need the broker
+script, the training extras and the committed figures they compare with."""
 
 from __future__ import annotations
 
@@ -8,22 +11,26 @@ from typing import Any
 
 import typer
 
-from stream_infer.bench.common import OUT_DIR
+from benchmarks.common import out_dir
 
 bench_app = typer.Typer(
     no_args_is_help=True,
-    help="Benchmarks: tables of medians, JSON and PNG plots under docs/benchmarks/.",
+    help="Benchmarks: tables of medians, JSON and PNG plots under docs/benchmarks/ "
+    "(--quick runs under .local/bench-quick/, never over the committed figures).",
 )
 
 _QUICK = typer.Option(False, "--quick", help="Smallest sizes and one repeat (seconds, not minutes).")
-_OUT = typer.Option(OUT_DIR, "--out", help="Where the JSON and PNG files go.")
+_OUT = typer.Option(
+    None, "--out", help="Where the JSON and PNG files go (default: docs/benchmarks; --quick: .local)."
+)
 NAMES = ("engine", "client", "e2e", "naive", "frames", "hotpath")
 
 
-def _run(name: str, quick: bool, out: Path) -> Any:
+def _run(name: str, quick: bool, out: Path | None) -> Any:
     import importlib
 
-    mod = importlib.import_module(f"stream_infer.bench.{name}")
+    out = out_dir(out, quick)
+    mod = importlib.import_module(f"benchmarks.{name}")
     t0 = time.monotonic()
     report = mod.run(quick=quick, out_dir=out)
     typer.echo(report.summary())
@@ -32,44 +39,44 @@ def _run(name: str, quick: bool, out: Path) -> Any:
 
 
 @bench_app.command()
-def engine(quick: bool = _QUICK, out: Path = _OUT) -> None:
+def engine(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
     """Engine only: predictions/s vs batch (torch, ONNX Runtime), carried state vs recompute,
     GFLOP/s vs the measured matmul peak."""
     _run("engine", quick, out)
 
 
 @bench_app.command()
-def client(quick: bool = _QUICK, out: Path = _OUT) -> None:
+def client(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
     """Kafka clients' produce-only and consume-only ceilings (kafka-python, confluent-kafka)."""
     _run("client", quick, out)
 
 
 @bench_app.command()
-def e2e(quick: bool = _QUICK, out: Path = _OUT) -> None:
+def e2e(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
     """The service end to end: max events/s vs consume-only, latency at 25/50/75% of it."""
     _run("e2e", quick, out)
 
 
 @bench_app.command()
-def naive(quick: bool = _QUICK, out: Path = _OUT) -> None:
+def naive(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
     """The service vs a one-message-at-a-time consumer -> torch -> producer loop."""
     _run("naive", quick, out)
 
 
 @bench_app.command()
-def frames(quick: bool = _QUICK, out: Path = _OUT) -> None:
+def frames(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
     """64x64 JPEG video frames end to end through the frame model."""
     _run("frames", quick, out)
 
 
 @bench_app.command()
-def hotpath(quick: bool = _QUICK, out: Path = _OUT) -> None:
+def hotpath(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
     """Before/after of the hot-path changes, each switched off in turn, in one run."""
     _run("hotpath", quick, out)
 
 
 @bench_app.command("all")
-def run_all(quick: bool = _QUICK, out: Path = _OUT) -> None:
+def run_all(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
     """Every benchmark in turn (a few minutes; about one with --quick)."""
     t0 = time.monotonic()
     failed = []
