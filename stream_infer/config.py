@@ -112,7 +112,10 @@ class TopicSettings(_Section):
     output: str = "predictions"
     dead_letter: str | None = None  # default: "<input>.dlq"
     changelog: str | None = None  # default: "<group_id>.<input>.state"
-    create: bool = True  # create missing topics at start (changelog always compacted)
+    create: bool = True  # create missing topics at start, the input too (changelog always compacted)
+    # Partitions of the input topic when ``create`` makes it (it was missing): the most instances
+    # that can share the work. Create the input yourself to choose its other settings.
+    input_partitions: int = Field(4, ge=1)
     output_partitions: int | None = Field(None, ge=1)  # default: as many as the input
 
 

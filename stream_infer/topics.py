@@ -53,11 +53,12 @@ def create_topic(
         pass
 
 
-def ensure_topics(
-    settings: Settings, input_partitions_if_missing: int = 4, timeout_s: float | None = None
-) -> int:
+def ensure_topics(settings: Settings, timeout_s: float | None = None) -> int:
     """Create missing topics; return the input's partition count. Reaching the brokers may take
-    ``timeout_s`` (default ``kafka.startup_timeout_s``)."""
+    ``timeout_s`` (default ``kafka.startup_timeout_s``). A missing input topic is created too
+    (``topics.input_partitions`` partitions, broker defaults otherwise) and said so in a warning:
+    producers that start later, or a typo in ``topics.input``, then meet a topic sized by the
+    service rather than an error."""
     admin = _admin(settings, timeout_s)
     try:
         t = settings.topics
@@ -65,8 +66,14 @@ def ensure_topics(
         if n is None:
             if not t.create:
                 raise ConfigError(f"input topic {t.input!r} does not exist (topics.create is false)")
-            create_topic(admin, t.input, input_partitions_if_missing)
-            n = input_partitions_if_missing
+            create_topic(admin, t.input, t.input_partitions)
+            n = t.input_partitions
+            logger.warning(
+                "input topic %s did not exist: created it with %d partitions (topics.create; "
+                "topics.input_partitions sets the count, or create the topic yourself)",
+                t.input,
+                n,
+            )
         if t.create:
             out_n = t.output_partitions or n
             for name, parts, conf in (

@@ -16,7 +16,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import MessageSizeTooLargeError
 
 from stream_infer.config import Settings, load_settings
-from stream_infer.errors import SinkError
+from stream_infer.errors import ConfigError, SinkError
 from stream_infer.records import InvalidMessage
 from stream_infer.sink import DEAD_LETTER_HEADROOM_BYTES, Sink, make_producer, max_request_bytes
 from stream_infer.topics import (
@@ -88,7 +88,7 @@ def test_a_created_dead_letter_topic_takes_the_largest_input_message(kafka_boots
     s = settings(kafka_bootstrap, f"dl-fresh-{uuid.uuid4().hex[:8]}")
     assert "will be created with max.message.bytes" in dead_letter_rule(s)
     try:
-        ensure_topics(s, input_partitions_if_missing=1)
+        ensure_topics(s)
         created = topic_max_message_bytes(kafka_bootstrap, s.dead_letter_topic)
         assert created >= s.input.max_message_bytes + DEAD_LETTER_HEADROOM_BYTES
         # Nothing a valid-sized bad message carries is cut.
@@ -205,3 +205,23 @@ def test_the_request_size_rule_is_the_producers(kafka_bootstrap: str) -> None:
         assert producer.config["max_request_size"] == max_request_bytes(s)
     finally:
         producer.close()
+
+
+@pytest.mark.integration
+def test_a_missing_input_topic_is_created_with_the_configured_partitions_and_said_so(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = settings(kafka_bootstrap, f"in-fresh-{uuid.uuid4().hex[:8]}", input_partitions=3)
+    with caplog.at_level(logging.WARNING, logger="stream_infer.topics"):
+        assert ensure_topics(s) == 3
+    said = [r.getMessage() for r in caplog.records if "did not exist" in r.getMessage()]
+    assert len(said) == 1 and s.topics.input in said[0] and "3 partitions" in said[0], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stream_infer.topics"):
+        assert ensure_topics(s) == 3  # it exists now: nothing created, nothing said
+    assert not [r for r in caplog.records if "did not exist" in r.getMessage()]
+    off = s.model_copy(
+        update={"topics": s.topics.model_copy(update={"create": False, "input": "none-" + s.topics.input})}
+    )
+    with pytest.raises(ConfigError, match="does not exist"):
+        ensure_topics(off)
