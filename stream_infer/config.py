@@ -43,24 +43,76 @@ class KafkaSettings(_Section):
     producer_batch_bytes: int = Field(262_144, ge=1024)
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     sasl_password_file: Path | None = None
+    # OAUTHBEARER: tokens from an OpenID Connect provider, client credentials grant (oauth.py).
+    sasl_oauth_token_endpoint_url: str | None = None
+    sasl_oauth_client_id: str | None = None
+    sasl_oauth_client_secret: SecretStr | None = None
+    sasl_oauth_client_secret_file: Path | None = None
+    sasl_oauth_scope: str | None = None
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
+    # Any other kafka-python connection property, passed to every client as is (e.g.
+    # ssl_ciphers, connections_max_idle_ms, api_version, socket_options): only keys that the
+    # consumer, the producer and the admin client all accept, checked at start.
+    client_properties: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism == "OAUTHBEARER":
+                if not (self.sasl_oauth_token_endpoint_url and self.sasl_oauth_client_id):
+                    raise ValueError(
+                        "OAUTHBEARER needs kafka.sasl_oauth_token_endpoint_url and kafka.sasl_oauth_client_id"
+                    )
+                if self.sasl_oauth_client_secret is None and self.sasl_oauth_client_secret_file is None:
+                    raise ValueError(
+                        "OAUTHBEARER needs kafka.sasl_oauth_client_secret or kafka.sasl_oauth_client_secret_file"
+                    )
+                return self
             if self.sasl_mechanism is None or self.sasl_username is None:
                 raise ValueError("SASL needs kafka.sasl_mechanism and kafka.sasl_username")
             if self.sasl_password is None and self.sasl_password_file is None:
                 raise ValueError("SASL needs kafka.sasl_password or kafka.sasl_password_file")
         return self
+
+    @model_validator(mode="after")
+    def _check_client_properties(self) -> KafkaSettings:
+        if self.client_properties:
+            from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+            common = (
+                set(KafkaConsumer.DEFAULT_CONFIG)
+                & set(KafkaProducer.DEFAULT_CONFIG)
+                & set(KafkaAdminClient.DEFAULT_CONFIG)
+            )
+            unknown = sorted(set(self.client_properties) - common)
+            if unknown:
+                raise ValueError(
+                    f"kafka.client_properties {unknown}: not connection properties that every "
+                    "kafka-python client accepts (set the service's own kafka.* keys for the others)"
+                )
+            managed = sorted(set(self.client_properties) & _MANAGED)
+            if managed:
+                raise ValueError(f"kafka.client_properties {managed}: set by the service's own kafka.* keys")
+        return self
+
+    def oauth_secret(self) -> str:
+        if self.sasl_oauth_client_secret is not None:
+            return self.sasl_oauth_client_secret.get_secret_value()
+        assert self.sasl_oauth_client_secret_file is not None
+        try:
+            return self.sasl_oauth_client_secret_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"kafka.sasl_oauth_client_secret_file {self.sasl_oauth_client_secret_file}: {exc}"
+            ) from exc
 
     def password(self) -> str | None:
         if self.sasl_password is not None:
@@ -80,13 +132,27 @@ class KafkaSettings(_Section):
         metadata updates as subscription changes and rebalances in a loop.
         """
         kw: dict[str, Any] = {
+            **self.client_properties,
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "client_id": f"{self.client_id}-{role}",
             "request_timeout_ms": self.request_timeout_ms,
             "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
             "security_protocol": self.security_protocol,
         }
-        if self.security_protocol.startswith("SASL"):
+        if self.sasl_mechanism == "OAUTHBEARER" and self.security_protocol.startswith("SASL"):
+            from stream_infer.oauth import shared_provider
+
+            assert self.sasl_oauth_token_endpoint_url and self.sasl_oauth_client_id
+            kw.update(
+                sasl_mechanism="OAUTHBEARER",
+                sasl_oauth_token_provider=shared_provider(
+                    self.sasl_oauth_token_endpoint_url,
+                    self.sasl_oauth_client_id,
+                    self.oauth_secret,
+                    self.sasl_oauth_scope,
+                ),
+            )
+        elif self.security_protocol.startswith("SASL"):
             kw.update(
                 sasl_mechanism=self.sasl_mechanism,
                 sasl_plain_username=self.sasl_username,
@@ -101,6 +167,25 @@ class KafkaSettings(_Section):
                 ssl_password=self.ssl_password.get_secret_value() if self.ssl_password else None,
             )
         return kw
+
+
+# kafka-python properties that KafkaSettings sets itself: not overridable by client_properties.
+_MANAGED = {
+    "bootstrap_servers",
+    "client_id",
+    "request_timeout_ms",
+    "reconnect_backoff_max_ms",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+    "sasl_oauth_token_provider",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+    "ssl_password",
+}
 
 
 def _s(p: Path | None) -> str | None:

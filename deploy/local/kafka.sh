@@ -7,13 +7,17 @@
 # Idempotent: `start` on a running broker does nothing; `stop` kills only the pid it wrote.
 # If KAFKA_BOOTSTRAP is set, an existing cluster is used and nothing is started or stopped.
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP (256m),
-#              KAFKA_HOME_DIR (state dir, default .local/kafka in the repository).
+#              KAFKA_HOME_DIR (state dir, default .local/kafka in the repository),
+#              KAFKA_OAUTH_PORT (unset: none): a SASL_PLAINTEXT listener for OAUTHBEARER on that
+#              port, with Kafka's unsecured token validator (unsigned JWTs with sub and exp:
+#              for tests of a client's token plumbing only, never for production).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 port="${KAFKA_PORT:-9092}"
 cport="${KAFKA_CONTROLLER_PORT:-9093}"
+oport="${KAFKA_OAUTH_PORT:-}"
 heap="${KAFKA_HEAP:-256m}"
 home="${KAFKA_HOME_DIR:-$repo/.local/kafka}"
 libs="$here/target/libs"
@@ -71,15 +75,19 @@ jars() {
 
 configure() {
   mkdir -p "$home/data" "$home/logs"
+  local extra_l="" extra_a="" extra_m=""
+  if [[ -n "$oport" ]]; then
+    extra_l=",OAUTH://127.0.0.1:$oport" extra_a=",OAUTH://127.0.0.1:$oport" extra_m=",OAUTH:SASL_PLAINTEXT"
+  fi
   cat > "$conf" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport$extra_l
+advertised.listeners=PLAINTEXT://127.0.0.1:$port$extra_a
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$extra_m
 log.dirs=$home/data
 num.partitions=1
 num.network.threads=2
@@ -97,6 +105,12 @@ log.retention.hours=24
 log.segment.bytes=67108864
 log.cleaner.dedupe.buffer.size=8388608
 PROPS
+  if [[ -n "$oport" ]]; then
+    cat >> "$conf" <<'PROPS'
+listener.name.oauth.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.oauth.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";
+PROPS
+  fi
   cat > "$home/log4j2.properties" <<'L4J'
 status = warn
 appender.file.type = File
