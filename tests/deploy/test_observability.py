@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def test_rules_use_only_exported_metrics(exported: set[str]) -> None:
     exprs = rule_exprs()
     assert {
         "StreamInferDown",
+        "StreamInferAbsent",
         "StreamInferConsumerLagGrowing",
         "StreamInferInputTransactionStuck",
         "StreamInferLatencyP99AboveSLO",
@@ -78,8 +80,36 @@ def test_rules_use_only_exported_metrics(exported: set[str]) -> None:
 
 def test_every_alert_has_a_runbook_entry() -> None:
     runbook = (REPO / "docs" / "deploy.md").read_text()
-    for name in rule_exprs():
+    doc = yaml.safe_load(RULES.read_text())
+    for rule in (r for g in doc["groups"] for r in g["rules"]):
+        name = rule["alert"]
         assert f"### {name}" in runbook, f"docs/deploy.md has no runbook section for {name}"
+        # runbook_url is what Alertmanager templates and the operator's tooling look for; the chart
+        # prefixes it with prometheusRule.runbookBaseUrl.
+        assert rule["annotations"]["runbook_url"] == f"docs/deploy.md#{name.lower()}", name
+        assert "runbook" not in rule["annotations"], name
+
+
+_AGGREGATION = re.compile(r"\b(sum|max|min|avg|count|topk|bottomk|quantile)\s*(by\s*\(([^)]*)\))?\s*\(")
+
+
+def test_every_aggregation_keeps_the_release() -> None:
+    """Two releases (two models) must never be summed into one alert, or alert under each other's name."""
+    for name, expr in rule_exprs().items():
+        if 'job="stream-infer"' not in expr:
+            continue  # kube-state-metrics' restarts: by namespace and pod
+        aggregations = _AGGREGATION.findall(expr)
+        for op, by, labels in aggregations:
+            assert by and "release" in [label.strip() for label in labels.split(",")], (
+                f"{name}: {op} {by or '(no by)'} drops the release label"
+            )
+    assert "absent(" in rule_exprs()["StreamInferAbsent"]
+
+
+def test_compose_scrape_carries_a_release() -> None:
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    assert jobs["stream-infer"]["static_configs"][0]["labels"] == {"release": "local"}
 
 
 def test_dashboard_parses_and_uses_only_exported_metrics(exported: set[str]) -> None:
@@ -114,6 +144,16 @@ def test_dashboard_parses_and_uses_only_exported_metrics(exported: set[str]) -> 
     ):
         assert name in used, f"no dashboard panel shows {name}"
     assert any("histogram_quantile(0.99" in e and "event_to_publish" in e for e in exprs)
+    # Namespace and release narrow every query; "All" is ".*", which also matches a series without
+    # the label (the compose stack has no namespace).
+    for name, multi in (("namespace", False), ("release", True)):
+        var = variables[name]
+        assert var["includeAll"] and var["allValue"] == ".*" and var["multi"] is multi, name
+    panel_exprs = dashboard_exprs({"panels": dashboard["panels"]})  # the variables chain on their own
+    selectors = [sel for e in panel_exprs for sel in re.findall(r"\{[^}]*\}", e) if 'job=~"$job"' in sel]
+    assert len(selectors) > 40
+    for sel in selectors:
+        assert 'namespace=~"$namespace"' in sel and 'release=~"$release"' in sel, sel
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]

@@ -29,6 +29,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: inference
 {{- end }}
 
+{{/*
+The `helm test` pod. Not the selector labels: the Service, the PDB and the workload's selector
+(a ReplicaSet would adopt it) must never match it.
+*/}}
+{{- define "stream-infer.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "stream-infer.name" . }}
+app.kubernetes.io/component: test
+stream-infer.io/test-of: {{ .Release.Name }}
+{{- end }}
+
 {{- define "stream-infer.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "stream-infer.fullname" .) .Values.serviceAccount.name }}
@@ -127,6 +137,13 @@ combination fails `helm install` / `helm template` with a message that names the
 {{- end }}
 {{- if and $v.kafkaAuth.saslPassword.secretName $v.kafkaAuth.saslPasswordFile.secretName }}
 {{- fail "set one of kafkaAuth.saslPassword and kafkaAuth.saslPasswordFile, not both" }}
+{{- end }}
+{{- $persist := $v.engineCache.persistence }}
+{{- if and $persist.enabled (not $v.engineCache.enabled) }}
+{{- fail "engineCache.persistence.enabled needs engineCache.enabled" }}
+{{- end }}
+{{- if and $v.engineCache.enabled $persist.enabled (eq $v.workload.kind "Deployment") (not $persist.existingClaim) }}
+{{- fail "engineCache.persistence.existingClaim must be set when workload.kind is Deployment: a Deployment cannot give each pod its own PVC (a StatefulSet does, with volumeClaimTemplates)" }}
 {{- end }}
 {{- $delivery := $v.config.delivery | default dict }}
 {{- if and (eq $v.workload.kind "Deployment") (eq (toString $delivery.guarantee) "exactly-once") }}
