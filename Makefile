@@ -62,6 +62,12 @@ demo-frames: install
 bench: install
 	$(BIN)/python -m benchmarks all
 
+# Build the CPU image with podman on a local Debian (mmdebstrap) base and run it as its non-root
+# user, read-only, against the local broker: /healthz, /readyz, predictions, SIGTERM (docs/image.md).
+.PHONY: image-test
+image-test: install
+	deploy/image/test.sh
+
 clean:
 	deploy/local/kafka.sh stop || true
 	rm -rf .local artifacts

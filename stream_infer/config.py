@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream_infer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stream_infer.registry import SchemaRegistry
 
 
 class _Section(BaseModel):
@@ -211,9 +214,38 @@ class ModelSettings(_Section):
 
 
 class InputSettings(_Section):
-    format: Literal["json", "f32", "image"] = "json"
+    format: Literal["json", "f32", "image", "registry"] = "json"
     max_message_bytes: int = Field(4_194_304, ge=16)
     max_samples_per_message: int = Field(10_000, ge=1)
+    # format "registry": Confluent wire format (Avro or JSON Schema), schemas from this registry.
+    schema_registry_url: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    schema_registry_password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_registry(self) -> InputSettings:
+        if self.format == "registry" and not self.schema_registry_url:
+            raise ValueError("input.format registry needs input.schema_registry_url")
+        return self
+
+    def schema_registry(self) -> SchemaRegistry | None:
+        """The registry client of format ``registry`` (None for the other formats)."""
+        if self.format != "registry" or not self.schema_registry_url:
+            return None
+        from stream_infer.registry import SchemaRegistry
+
+        password = None
+        if self.schema_registry_password is not None:
+            password = self.schema_registry_password.get_secret_value()
+        elif self.schema_registry_password_file is not None:
+            try:
+                password = self.schema_registry_password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"input.schema_registry_password_file {self.schema_registry_password_file}: {exc}"
+                ) from exc
+        return SchemaRegistry(self.schema_registry_url, self.schema_registry_username, password)
 
 
 class EntitySettings(_Section):

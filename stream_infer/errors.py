@@ -54,3 +54,9 @@ class SinkError(StreamInferError):
 class PipelineError(StreamInferError):
     """A failure that is not about one record (the inference thread died, the producer or the
     broker failed): the service stops without committing past unfinished records."""
+
+
+class RegistryUnavailable(PipelineError):
+    """The schema registry could not be asked (unreachable, 5xx, refused credentials) after
+    retries: not about one record, so no record is dead-lettered for it; the service stops
+    without committing and the input replays once the registry is back."""

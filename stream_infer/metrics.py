@@ -65,6 +65,8 @@ INVALID_REASONS = (
     "bad_seq",
     "bad_image",
     "too_many_samples",
+    "unknown_schema",
+    "unsupported_schema",
     "internal_error",
 )
 DROP_REASONS = ("duplicate_or_older_seq",)

@@ -70,6 +70,7 @@ class Service:
             tuple(card.sample_shape),
             settings.input.max_message_bytes,
             settings.input.max_samples_per_message,
+            settings.input.schema_registry(),
         )
         self.model_shape = ModelShape(
             card.model_id,
@@ -285,6 +286,8 @@ class Service:
     def _decode(self, records: list[Any]) -> DecodeResult:
         try:
             return self.decoder.decode(records)
+        except PipelineError:
+            raise
         except Exception as exc:  # decode is built never to raise; if it does, one record at a time
             logger.warning(
                 "decoding a poll failed (%s: %s); decoding record by record", type(exc).__name__, exc
@@ -298,6 +301,8 @@ class Service:
     def _decode_one(self, rec: Record) -> DecodeResult:
         try:
             return self.decoder.decode([rec])
+        except PipelineError:
+            raise
         except Exception as exc:
             return DecodeResult(self.decoder.decode([]).samples, [internal_error(rec, exc)], 1)
 

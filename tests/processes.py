@@ -364,8 +364,13 @@ Origin = tuple[int, int]  # (partition, offset) of an input message
 
 
 def good_message(fmt: str, entity: str, seq: int, row: np.ndarray) -> Message:
-    """Sample ``seq`` of ``entity`` in the ``json`` or ``f32`` input format, timed like ``Feeder``."""
+    """Sample ``seq`` of ``entity`` in the ``json``, ``f32`` or ``registry`` (Avro, schema id 1 of
+    ``tests/registry.py``) input format, timed like ``Feeder``."""
     ts = TS0 + 10 * seq
+    if fmt == "registry":
+        from tests.registry import avro_sample
+
+        return entity.encode(), avro_sample(seq, ts, row.tolist()), []
     if fmt == "json":
         return entity.encode(), orjson.dumps({"seq": seq, "ts": ts, "values": row.tolist()}), []
     if fmt == "f32":

@@ -1,0 +1,89 @@
+"""A schema registry for tests: the Confluent API's read path (``GET /schemas/ids/<id>``), served
+from memory on a local port, and the wire format written with fastavro. Not a registry product:
+the decoding side is what is under test, and the bytes follow the documented wire format (magic
+0, big-endian schema id, Avro binary or JSON text)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import fastavro
+
+SAMPLE_AVRO = {
+    "type": "record",
+    "name": "Sample",
+    "namespace": "sensors",
+    "fields": [
+        {"name": "seq", "type": "long"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "values", "type": {"type": "array", "items": "float"}},
+    ],
+}
+SAMPLES_AVRO = {"type": "array", "items": SAMPLE_AVRO}
+SAMPLE_JSON_SCHEMA = {
+    "type": "object",
+    "properties": {"seq": {"type": "integer"}, "ts": {"type": "integer"}, "values": {"type": "array"}},
+    "required": ["seq", "values"],
+}
+# The ids the test registry serves: Avro one sample, Avro a list, JSON Schema, Protobuf.
+AVRO_ID, AVRO_LIST_ID, JSON_ID, PROTO_ID = 1, 2, 3, 4
+SCHEMAS: dict[int, dict[str, Any]] = {
+    AVRO_ID: {"schema": json.dumps(SAMPLE_AVRO)},
+    AVRO_LIST_ID: {"schema": json.dumps(SAMPLES_AVRO)},
+    JSON_ID: {"schemaType": "JSON", "schema": json.dumps(SAMPLE_JSON_SCHEMA)},
+    PROTO_ID: {"schemaType": "PROTOBUF", "schema": 'syntax = "proto3"; message S { int64 seq = 1; }'},
+}
+
+
+def wire(schema_id: int, payload: bytes) -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big") + payload
+
+
+def avro(doc: Any, schema: dict[str, Any] = SAMPLE_AVRO) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), doc)
+    return buf.getvalue()
+
+
+def avro_sample(seq: int, ts_ms: int, values: list[float]) -> bytes:
+    """One sample in the wire format (schema ``AVRO_ID``)."""
+    return wire(AVRO_ID, avro({"seq": seq, "ts": ts_ms, "values": values}))
+
+
+@contextmanager
+def serve_registry(schemas: dict[int, dict[str, Any]] = SCHEMAS) -> Iterator[tuple[str, list[int]]]:
+    """(url, the ids asked for, in order) of a registry serving ``schemas``."""
+    asked: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            parts = self.path.rstrip("/").split("/")
+            doc: dict[str, Any]
+            if len(parts) == 4 and parts[1:3] == ["schemas", "ids"] and parts[3].isdigit():
+                sid = int(parts[3])
+                asked.append(sid)
+                status, doc = (200, schemas[sid]) if sid in schemas else (404, {"error_code": 40403})
+            else:
+                status, doc = 404, {"error_code": 404}
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", asked
+    finally:
+        server.shutdown()
