@@ -4,11 +4,17 @@ Wire format (Confluent Schema Registry, also served by Apicurio's Confluent-comp
 
     byte 0      magic 0
     bytes 1-4   schema id, big-endian
-    bytes 5-    the value: Avro binary (schemaType AVRO, the default) or JSON text (JSON)
+    bytes 5-    the value: Avro binary (schemaType AVRO, the default), JSON text (JSON), or for
+                PROTOBUF the message indexes (zigzag varints: a count, then the path of the
+                message type in the schema; a single 0 byte for the first message) and then
+                the Protobuf binary
 
 The schema of an id is fetched once (``GET <url>/schemas/ids/<id>``; ids are immutable) and
-cached. A value that is not in the wire format, or whose id the registry does not know, is one bad
-record (``undecodable``, ``unknown_schema``); a Protobuf schema is ``unsupported_schema``. A
+cached; a Protobuf schema (``.proto`` text) is compiled with protoc (grpcio-tools, in process)
+into message classes. A value that is not in the wire format, or whose id the registry does not
+know, is one bad record (``undecodable``, ``unknown_schema``); a schema that cannot be used (a
+Protobuf schema that imports other registry subjects, one protoc rejects) is
+``unsupported_schema``. A
 registry that cannot be asked is not about one record: ``RegistryUnavailable`` stops the service
 without a commit, so nothing is dead-lettered for the registry's sake. The decoded document is
 then checked like a ``json`` message (``seq``, ``ts``, ``values``); Avro ``timestamp-millis``
@@ -45,7 +51,7 @@ SchemaType = Literal["AVRO", "JSON", "PROTOBUF"]
 class Schema:
     id: int
     type: SchemaType
-    parsed: Any  # fastavro's parsed schema (AVRO), the schema document (JSON), the text (PROTOBUF)
+    parsed: Any  # fastavro's parsed schema (AVRO), the text (JSON), top-level descriptors (PROTOBUF)
 
 
 class _Transient(Exception):
@@ -72,6 +78,7 @@ class SchemaRegistry:
             self._auth = f"Basic {token}"
         self._cache: dict[int, Schema] = {}
         self._unknown: dict[int, float] = {}  # id -> monotonic time it may be asked again
+        self._unusable: dict[int, DecodeError] = {}  # ids are immutable: asked and compiled once
         self._lock = threading.Lock()
         self.fetches = 0
 
@@ -81,8 +88,15 @@ class SchemaRegistry:
                 return self._cache[schema_id]
             if self._unknown.get(schema_id, 0.0) > time.monotonic():
                 raise DecodeError("unknown_schema", f"schema id {schema_id} is not in the registry")
+            if (err := self._unusable.get(schema_id)) is not None:
+                raise DecodeError(err.reason, err.detail)
         doc = self._fetch(schema_id)
-        schema = _parse(schema_id, doc)
+        try:
+            schema = _parse(schema_id, doc)
+        except DecodeError as err:
+            with self._lock:
+                self._unusable[schema_id] = err
+            raise
         with self._lock:
             self._cache[schema_id] = schema
         return schema
@@ -144,7 +158,9 @@ def _parse(schema_id: int, doc: dict[str, Any]) -> Schema:
     if kind == "JSON":
         return Schema(schema_id, "JSON", text)
     if kind == "PROTOBUF":
-        return Schema(schema_id, "PROTOBUF", text)
+        if doc.get("references"):
+            raise DecodeError("unsupported_schema", f"Protobuf schema {schema_id} imports other subjects")
+        return Schema(schema_id, "PROTOBUF", _compile_proto(schema_id, text))
     raise DecodeError("unsupported_schema", f"schema id {schema_id} has schemaType {kind}")
 
 
@@ -191,9 +207,105 @@ def decode_value(schema: Schema, payload: bytes) -> Any:
             return orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise DecodeError("undecodable", f"not JSON: {exc}") from None
-    raise DecodeError(
-        "unsupported_schema", f"schema {schema.id} is Protobuf, which the service does not decode yet"
-    )
+    if schema.type == "PROTOBUF":
+        return _decode_proto(schema, payload)
+    raise DecodeError("unsupported_schema", f"schema {schema.id} has type {schema.type}")
+
+
+def _compile_proto(schema_id: int, text: str) -> list[Any]:
+    """The top-level message descriptors of a ``.proto`` text, in file order (what message
+    index 0, 1, ... name), compiled by protoc into a pool of their own."""
+    import importlib.resources
+    import tempfile
+    from pathlib import Path
+
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_tools import protoc
+
+    name = f"registry_schema_{schema_id}.proto"
+    with tempfile.TemporaryDirectory(prefix="stream-infer-proto-") as tmp:
+        (Path(tmp) / name).write_text(text)
+        out = Path(tmp) / "set.pb"
+        include = importlib.resources.files("grpc_tools") / "_proto"
+        args = [
+            "protoc",
+            f"-I{tmp}",
+            f"-I{include}",
+            f"--descriptor_set_out={out}",
+            "--include_imports",
+            name,
+        ]
+        if protoc.main(args) != 0 or not out.is_file():
+            raise DecodeError("unsupported_schema", f"Protobuf schema {schema_id} does not compile")
+        files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
+    pool = descriptor_pool.DescriptorPool()
+    for f in files:
+        pool.Add(f)
+    fd = pool.FindFileByName(name)
+    own = next(f for f in files if f.name == name)
+    return [fd.message_types_by_name[m.name] for m in own.message_type]
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """A zigzag varint of ``buf`` at ``pos``: (value, next position)."""
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise DecodeError("undecodable", "truncated Protobuf message indexes")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return (value >> 1) ^ -(value & 1), pos
+
+
+def _decode_proto(schema: Schema, payload: bytes) -> Any:
+    from google.protobuf import message_factory
+    from google.protobuf.message import DecodeError as ProtoDecodeError
+
+    count, pos = _varint(payload, 0)
+    if not 0 <= count <= 32:
+        raise DecodeError("undecodable", f"{count} Protobuf message indexes")
+    path = [0] if count == 0 else []
+    for _ in range(count):
+        idx, pos = _varint(payload, pos)
+        path.append(idx)
+    types = schema.parsed
+    desc = None
+    for depth, idx in enumerate(path):
+        if not 0 <= idx < len(types):
+            raise DecodeError("undecodable", f"message index {path} not in Protobuf schema {schema.id}")
+        desc = types[idx]
+        if depth + 1 < len(path):
+            types = list(desc.nested_types)
+    assert desc is not None
+    try:
+        msg = message_factory.GetMessageClass(desc).FromString(payload[pos:])
+    except ProtoDecodeError:
+        raise DecodeError("undecodable", f"not a {desc.full_name} message (schema {schema.id})") from None
+    return _proto_doc(msg)
+
+
+def _proto_doc(msg: Any) -> dict[str, Any]:
+    """A message's fields as the document a ``json`` sample would be: scalars and repeated
+    scalars as Python values, a ``google.protobuf.Timestamp`` as epoch milliseconds."""
+    doc: dict[str, Any] = {}
+    for field in msg.DESCRIPTOR.fields:
+        value = getattr(msg, field.name)
+        if field.message_type is not None:
+            if field.message_type.full_name == "google.protobuf.Timestamp" and msg.HasField(field.name):
+                doc[field.name] = value.ToMilliseconds()
+            continue
+        doc[field.name] = list(value) if _repeated(field) else value
+    return doc
+
+
+def _repeated(field: Any) -> bool:
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return bool(field.label == field.LABEL_REPEATED)
 
 
 def _millis(doc: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Schema-registry input: Confluent wire-format values, Avro or JSON Schema, decoded with the
+"""Schema-registry input: Confluent wire-format values, Avro, JSON Schema or Protobuf, decoded with the
 writer's schema fetched once per id; every bad value is one bad record with a stable reason, and
 an unreachable registry stops the poll instead of dead-lettering good records."""
 
@@ -20,10 +20,13 @@ from tests.registry import (
     AVRO_ID,
     AVRO_LIST_ID,
     JSON_ID,
+    PROTO_BAD_ID,
     PROTO_ID,
+    PROTO_REF_ID,
     SAMPLES_AVRO,
     avro,
     avro_sample,
+    proto_sample,
     serve_registry,
     wire,
 )
@@ -63,14 +66,16 @@ def test_avro_and_json_schema_values_decode_with_their_writers_schema(registry) 
         ),
         wire(JSON_ID, orjson.dumps({"seq": 3, "ts": TS + 3, "values": [1, 2, 3]})),
         avro_sample(4, TS + 4, [0.5, 0.25, 0.125]),
+        proto_sample(5, TS + 5, [1.5, -2.5, 3.25]),
     ]
     res = decoder(reg).decode([rec(v, offset=i) for i, v in enumerate(values)])
     assert not res.invalid, res.invalid
     s = res.samples
-    assert s.seq.tolist() == [0, 1, 2, 3, 4]
-    assert s.event_ms.tolist() == [TS, TS + 1, TS + 2, TS + 3, TS + 4]  # timestamp-millis back to ms
+    assert s.seq.tolist() == [0, 1, 2, 3, 4, 5]
+    assert s.event_ms.tolist() == [TS + i for i in range(6)]  # timestamp-millis read as ms
     np.testing.assert_array_equal(s.values[4], [0.5, 0.25, 0.125])
-    assert sorted(set(asked)) == [AVRO_ID, AVRO_LIST_ID, JSON_ID] and len(asked) == 3  # once per id
+    np.testing.assert_array_equal(s.values[5], [1.5, -2.5, 3.25])
+    assert sorted(asked) == [AVRO_ID, AVRO_LIST_ID, JSON_ID, PROTO_ID]  # once per id
 
 
 @pytest.mark.parametrize(
@@ -79,7 +84,11 @@ def test_avro_and_json_schema_values_decode_with_their_writers_schema(registry) 
         (b"\x01" + bytes(8), "undecodable"),  # not magic 0
         (b"\x00\x00", "undecodable"),  # shorter than the header
         (wire(999, b"x"), "unknown_schema"),
-        (wire(PROTO_ID, b"\x08\x01"), "unsupported_schema"),
+        (wire(PROTO_REF_ID, b"\x00\x08\x01"), "unsupported_schema"),  # imports another subject
+        (wire(PROTO_BAD_ID, b"\x00"), "unsupported_schema"),  # does not compile
+        (wire(PROTO_ID, b"\x02\x0a"), "undecodable"),  # message index 5: no such type
+        (proto_sample(0, TS, [1.0, 2.0, 3.0])[:-2], "undecodable"),  # truncated packed floats
+        (proto_sample(0, TS, [1.0, 2.0]), "wrong_shape"),
         (avro_sample(0, TS, [1.0, 2.0, 3.0])[:-3], "undecodable"),  # truncated Avro
         (avro_sample(0, TS, [1.0, 2.0, 3.0]) + b"\x00", "undecodable"),  # bytes after the record
         (avro_sample(0, TS, [1.0, 2.0]), "wrong_shape"),  # valid Avro, two values for a 3-wide model
@@ -120,3 +129,11 @@ def test_no_payload_behind_a_valid_header_makes_decode_raise(
     res = decoder(reg).decode([rec(wire(schema_id, payload)), rec(avro_sample(9, TS, [1.0, 2.0, 3.0]))])
     assert res.messages == 2 and res.samples.entities.count("e1") >= 1
     assert all(m.reason != "internal_error" for m in res.invalid), res.invalid
+
+
+def test_an_unusable_schema_is_fetched_and_compiled_once() -> None:
+    with serve_registry() as (url, asked):
+        reg = SchemaRegistry(url, retry_s=2)
+        res = decoder(reg).decode([rec(wire(PROTO_BAD_ID, b"\x00"), offset=i) for i in range(4)])
+        assert [m.reason for m in res.invalid] == ["unsupported_schema"] * 4
+        assert asked == [PROTO_BAD_ID]
