@@ -88,8 +88,8 @@ class SchemaRegistry:
                 return self._cache[schema_id]
             if self._unknown.get(schema_id, 0.0) > time.monotonic():
                 raise DecodeError("unknown_schema", f"schema id {schema_id} is not in the registry")
-            if (err := self._unusable.get(schema_id)) is not None:
-                raise DecodeError(err.reason, err.detail)
+            if (known := self._unusable.get(schema_id)) is not None:
+                raise DecodeError(known.reason, known.detail)
         doc = self._fetch(schema_id)
         try:
             schema = _parse(schema_id, doc)
