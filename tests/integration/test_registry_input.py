@@ -20,7 +20,7 @@ from tests.processes import (
     reference,
     service_config,
 )
-from tests.registry import PROTO_ID, serve_registry, wire
+from tests.registry import PROTO_BAD_ID, serve_registry, wire
 
 pytestmark = [pytest.mark.integration]
 
@@ -34,7 +34,7 @@ def test_avro_samples_are_served_and_unexplained_values_dead_lettered(
     bad = [
         ((b"ent-000", wire(4242, b"\x02"), []), "unknown_schema"),
         ((b"ent-001", b"\x07" + bytes(12), []), "undecodable"),
-        ((b"ent-002", wire(PROTO_ID, b"\x08\x01"), []), "unsupported_schema"),
+        ((b"ent-002", wire(PROTO_BAD_ID, b"\x00"), []), "unsupported_schema"),
     ]
     reasons = {id(m): r for m, r in bad}
     with serve_registry() as (url, asked):
