@@ -189,9 +189,15 @@ def serve(
             from stream_infer.topics import dead_letter_rule
 
             m = settings.model
-            engine = open_engine(m.artifact, m.backend, m.device, max(settings.batcher.max_batch, 1))
+            engine = open_engine(
+                m.artifact, m.backend, m.device, max(settings.batcher.max_batch, 1), m.card_sha256
+            )
             engine.close()
+            from stream_infer.model.integrity import card_sha256
+
             typer.echo(f"settings ok; model {svc.card.model_id} ({svc.card.kind})")
+            sealed = "its files' digests verified" if svc.card.files else "no file digests recorded"
+            typer.echo(f"model card sha256 {card_sha256(m.artifact)} ({sealed}; pin it: model.card_sha256)")
             typer.echo(f"engine ok: {m.backend} on {m.device}, one inference on zeros")
             typer.echo(dead_letter_rule(settings))
             return

@@ -211,6 +211,9 @@ class ModelSettings(_Section):
     artifact: Path = Path("artifacts/basicmotions-cnnlstm")
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     device: str = "cpu"
+    # SHA-256 of the artifact's model.json (`serve --check` prints it): any other card is
+    # refused at start, and the card's own file digests then pin every model file.
+    card_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
 
 
 class InputSettings(_Section):

@@ -99,7 +99,11 @@ class Service:
             self._http = serve_http(self.health, s.metrics.port, s.metrics.host, self.registry)
         ensure_topics(s)
         engine = self._engine or open_engine(
-            s.model.artifact, s.model.backend, s.model.device, max_batch=max(s.batcher.max_batch, 1)
+            s.model.artifact,
+            s.model.backend,
+            s.model.device,
+            max_batch=max(s.batcher.max_batch, 1),
+            card_sha256=s.model.card_sha256,
         )
         eos = s.delivery.guarantee == "exactly-once"
         dl_bytes = dead_letter_limit_bytes(s)

@@ -65,8 +65,20 @@ def dry_run(engine: Engine) -> np.ndarray:
     return y
 
 
-def open_engine(artifact: str | Path, backend: BackendName, device: str, max_batch: int) -> Engine:
-    """``load_engine`` then ``dry_run``; a model file that cannot be opened is a ``ModelError``."""
+def open_engine(
+    artifact: str | Path,
+    backend: BackendName,
+    device: str,
+    max_batch: int,
+    card_sha256: str | None = None,
+) -> Engine:
+    """Verify the artifact (the pinned card digest, the digests of the files this backend
+    loads), ``load_engine``, then ``dry_run``; a model file that cannot be opened or verified
+    is a ``ModelError``."""
+    from stream_infer.model.card import ONNX_FILE, WEIGHTS_FILE
+    from stream_infer.model.integrity import verify
+
+    verify(artifact, (WEIGHTS_FILE,) if backend == "torch" else (ONNX_FILE,), card_sha256)
     try:
         engine = load_engine(artifact, backend, device, max_batch=max_batch)
     except StreamInferError:

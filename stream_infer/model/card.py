@@ -2,7 +2,7 @@
 
 An artifact is a directory::
 
-    model.json    this card
+    model.json    this card (with the SHA-256 of the two files below: model/integrity.py)
     weights.pt    torch state_dict, loaded with ``weights_only=True`` (no code runs on load)
     model.onnx    step(x, h0, c0) -> (y, hn, cn), dynamic batch
 
@@ -40,6 +40,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)  # data, split, epochs, seed, ...
     accuracy: dict[str, Any] = field(default_factory=dict)  # per_hop, at_end, split, n
     channels: list[str] = field(default_factory=list)  # optional channel names
+    files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 (model/integrity.py)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

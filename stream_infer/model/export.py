@@ -25,6 +25,7 @@ import torch
 
 from stream_infer.errors import ModelError
 from stream_infer.model.card import ONNX_FILE, WEIGHTS_FILE, ModelCard, load_card
+from stream_infer.model.integrity import seal
 from stream_infer.model.net import CNNLSTM, build_model
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def export_onnx(artifact: str | Path, opset: int = 18) -> ExportResult:
         tmp.unlink()
         raise ModelError(f"{out}: ONNX Runtime differs from torch by {diff:.3g} (> {PARITY_ATOL})")
     tmp.replace(out)
+    seal(artifact)
     logger.info("exported %s (%s exporter, ort-vs-torch %.2g)", out, exporter, diff)
     return ExportResult(out, exporter, diff, ops)
 
