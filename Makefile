@@ -68,6 +68,18 @@ bench: install
 image-test: install
 	deploy/image/test.sh
 
+# The serving image's dependencies, pinned with hashes (deploy/docker/requirements.lock), from
+# pyproject.toml's core dependencies; rerun after changing them (tests/deploy checks they match).
+.PHONY: lock audit
+lock: install
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --output-file deploy/docker/requirements.lock pyproject.toml
+
+# Known vulnerabilities in the locked serving dependencies (pip-audit, PyPI's advisory data);
+# says so and passes when the advisory source cannot be reached.
+audit: install
+	$(BIN)/python deploy/tools/audit.py deploy/docker/requirements.lock
+
 clean:
 	deploy/local/kafka.sh stop || true
 	rm -rf .local artifacts
