@@ -109,6 +109,22 @@ def python_without(blocked: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-c", f"BLOCKED = {set(blocked)!r}\n{_WITHOUT}"]
 
 
+def run_cli(
+    *args: str, without: tuple[str, ...] = (), timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``stream-infer *args`` as a process of this interpreter (no ``STREAM_INFER_*`` variables
+    of the caller's environment), its output captured; ``without`` as for ``python_without``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_INFER_")}
+    return subprocess.run(
+        [*python_without(without), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 class ServiceProcess:
     """One ``stream-infer serve`` process; stdout and stderr go to ``<dir>/<instance>-N.log``."""
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import io
 import json
 import struct
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import fastavro
+
+from tests.http_json import serve_json
 
 SAMPLE_AVRO = {
     "type": "record",
@@ -100,29 +100,13 @@ def serve_registry(schemas: dict[int, dict[str, Any]] = SCHEMAS) -> Iterator[tup
     """(url, the ids asked for, in order) of a registry serving ``schemas``."""
     asked: list[int] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            parts = self.path.rstrip("/").split("/")
-            doc: dict[str, Any]
-            if len(parts) == 4 and parts[1:3] == ["schemas", "ids"] and parts[3].isdigit():
-                sid = int(parts[3])
-                asked.append(sid)
-                status, doc = (200, schemas[sid]) if sid in schemas else (404, {"error_code": 40403})
-            else:
-                status, doc = 404, {"error_code": 404}
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
+        parts = path.rstrip("/").split("/")
+        if method != "GET" or len(parts) != 4 or parts[1:3] != ["schemas", "ids"] or not parts[3].isdigit():
+            return 404, {"error_code": 404}
+        sid = int(parts[3])
+        asked.append(sid)
+        return (200, schemas[sid]) if sid in schemas else (404, {"error_code": 40403})
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", asked
-    finally:
-        server.shutdown()
+    with serve_json(answer) as url:
+        yield url, asked

@@ -5,17 +5,15 @@ model file that differs from the card's digest or a card that differs from the p
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from stream_infer.model.card import CARD_FILE, ONNX_FILE
-from tests.processes import ROOT, service_config
+from tests.processes import run_cli, service_config
 
 pytestmark = [pytest.mark.integration]
 
@@ -23,15 +21,7 @@ pytestmark = [pytest.mark.integration]
 def _check(tmp_path: Path, cfg: dict) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "check.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_INFER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "stream_infer.cli", "serve", "--check", "--config", str(path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli("serve", "--check", "--config", str(path))
 
 
 def test_a_swapped_model_file_or_card_is_refused_at_start(kafka_bootstrap, artifact, tmp_path: Path) -> None:

@@ -11,20 +11,17 @@ import base64
 import json
 import os
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import KAFKA_SH
+from tests.http_json import serve_json
 from tests.processes import (
-    ROOT,
     ServiceProcess,
     StreamFeeder,
     check_delivery,
@@ -32,6 +29,7 @@ from tests.processes import (
     free_port,
     read_hops,
     reference,
+    run_cli,
     service_config,
 )
 
@@ -85,31 +83,14 @@ def token_endpoint() -> Iterator[TokenEndpoint]:
     grants: list[str] = []
     expected = "Basic " + base64.b64encode(f"{CLIENT}:{SECRET}".encode()).decode()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            form = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            ok = self.headers.get("Authorization") == expected and "grant_type=client_credentials" in form
-            if ok:
-                grants.append(CLIENT)
-                doc = {"access_token": _unsigned_jwt(CLIENT, 600), "token_type": "Bearer", "expires_in": 600}
-            else:
-                doc = {"error": "invalid_client"}
-            body = json.dumps(doc).encode()
-            self.send_response(200 if ok else 401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
+        if headers.get("Authorization") != expected or b"grant_type=client_credentials" not in body:
+            return 401, {"error": "invalid_client"}
+        grants.append(CLIENT)
+        return 200, {"access_token": _unsigned_jwt(CLIENT, 600), "token_type": "Bearer", "expires_in": 600}
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield TokenEndpoint(f"http://127.0.0.1:{server.server_port}/oauth2/token", grants)
-    finally:
-        server.shutdown()
+    with serve_json(answer) as url:
+        yield TokenEndpoint(f"{url}/oauth2/token", grants)
 
 
 def _oauth(endpoint: TokenEndpoint, broker: Broker, secret: str) -> dict:
@@ -178,16 +159,8 @@ def test_a_refused_client_secret_ends_the_start_in_one_line(
     )
     path = tmp_path / "refused.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_INFER_")}
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "stream_infer.cli", "serve", "--config", str(path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    proc = run_cli("serve", "--config", str(path), timeout_s=90)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1, lines

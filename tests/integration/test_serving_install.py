@@ -6,7 +6,6 @@ object per line."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -20,9 +19,9 @@ from tests.processes import (
     StreamFeeder,
     check_delivery,
     entity_streams,
-    python_without,
     read_hops,
     reference,
+    run_cli,
     service_config,
 )
 
@@ -61,13 +60,7 @@ def test_serve_runs_end_to_end_without_the_extras(
     streams = entity_streams(4, 2, seed=5)
     ref = reference(artifact, streams)
     cfg = service_config(kafka_bootstrap, topic, artifact, "a", logging={"format": "json"})
-    check = subprocess.run(
-        [*python_without(EXTRA_ONLY), "serve", "--check", "--config", str(_write(tmp_path, cfg))],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    check = run_cli("serve", "--check", "--config", str(_write(tmp_path, cfg)), without=EXTRA_ONLY)
     assert check.returncode == 0, check.stderr
     assert "engine ok" in check.stdout, check.stdout
     procs.append(p := ServiceProcess(cfg, tmp_path, without=EXTRA_ONLY))
@@ -83,13 +76,7 @@ def test_serve_runs_end_to_end_without_the_extras(
 
 
 def test_a_command_that_needs_an_extra_names_it(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [*python_without(EXTRA_ONLY), "train", "--out", str(tmp_path / "m")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("train", "--out", str(tmp_path / "m"), without=EXTRA_ONLY)
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and "pip install 'stream-infer[train]'" in lines[0], lines

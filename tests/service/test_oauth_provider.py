@@ -4,16 +4,14 @@ and the settings that select it, and the client property pass-through, are valid
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from pydantic import ValidationError
 
 from stream_infer.config import KafkaSettings
 from stream_infer.oauth import OidcTokenProvider, TokenError
+from tests.http_json import serve_json
 
 Reply = tuple[int, dict]
 
@@ -23,24 +21,12 @@ def endpoint() -> Iterator[tuple[str, list[Reply], list[str]]]:
     replies: list[Reply] = []
     auth: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            auth.append(self.headers.get("Authorization", ""))
-            status, doc = replies.pop(0)
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        auth.append(headers.get("Authorization", ""))
+        return replies.pop(0)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/token", replies, auth
-    server.shutdown()
+    with serve_json(answer) as url:
+        yield f"{url}/token", replies, auth
 
 
 def test_a_token_is_reused_until_80_percent_of_its_lifetime(endpoint) -> None:
