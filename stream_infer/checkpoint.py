@@ -78,6 +78,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from stream_infer.access import authorization_cause
 from stream_infer.config import Settings
 from stream_infer.entities import EntityStore
 from stream_infer.errors import SinkError
@@ -177,6 +178,8 @@ class Checkpointer:
                 raise
             except (KafkaError, SinkError) as exc:
                 self.metrics.kafka_errors.labels("transaction").inc()
+                if authorization_cause(exc) is not None:
+                    raise  # a rewind would replay into the same refusal: stop, commit nothing
                 logger.warning(
                     "transaction abandoned (%s: %s); rewinding to the last committed offsets and state",
                     type(exc).__name__,

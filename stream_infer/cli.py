@@ -208,6 +208,54 @@ def serve(
 
 
 @app.command()
+def acls(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="The service's YAML settings (env vars override it)."
+    ),
+    principal: str | None = typer.Option(
+        None,
+        help="Kafka principal, e.g. User:stream-infer (default: User:<kafka.sasl_username>; "
+        "for mTLS, the name the broker maps the certificate to).",
+    ),
+    fmt: str = typer.Option("table", "--format", help="table, kafka-acls (commands) or json."),
+    apply_with: Path | None = typer.Option(
+        None,
+        "--apply-with",
+        help="An administrator's YAML settings (its kafka section is used): create the ACLs too.",
+    ),
+) -> None:
+    """Print the Kafka ACLs the service needs under a configuration (least privilege), or apply them."""
+    from stream_infer import access
+    from stream_infer.config import load_settings
+    from stream_infer.errors import StreamInferError
+
+    try:
+        settings = load_settings(config)
+        who = principal or access.default_principal(settings)
+        if who is None:
+            raise typer.BadParameter(
+                "the principal cannot be read from these settings (mTLS or OAUTHBEARER): pass it",
+                param_hint="--principal",
+            )
+        needed = access.required_acls(settings)
+        typer.echo(access.render(needed, who, fmt, settings.kafka.bootstrap_servers))
+        if apply_with is not None:
+            from stream_infer.logs import configure_logging
+            from stream_infer.topics import admin_client
+
+            admin_settings = load_settings(apply_with)
+            configure_logging(admin_settings.log_level, admin_settings.logging.format)
+            admin = admin_client(admin_settings)
+            try:
+                access.apply(admin, needed, who)
+            finally:
+                admin.close()
+            typer.echo(f"applied {len(needed)} ACLs for {who}", err=True)
+    except StreamInferError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
 def produce(
     topic: str = typer.Option(..., help="Topic to write to."),
     bootstrap: str = typer.Option(

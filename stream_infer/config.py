@@ -106,6 +106,20 @@ class KafkaSettings(_Section):
                 raise ValueError(f"kafka.client_properties {managed}: set by the service's own kafka.* keys")
         return self
 
+    def insecure(self) -> list[str]:
+        """Warnings for settings that weaken the connection's security (logged at start)."""
+        notes = []
+        if self.security_protocol.endswith("SSL") and not self.ssl_check_hostname:
+            notes.append(
+                "kafka.ssl_check_hostname is false: the broker's certificate is not checked against "
+                "its host name, so anyone holding any certificate of the same CA can pose as the broker"
+            )
+        if self.security_protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN":
+            notes.append(
+                "kafka.security_protocol SASL_PLAINTEXT with SASL/PLAIN sends the password in clear: use SASL_SSL"
+            )
+        return notes
+
     def oauth_secret(self) -> str:
         if self.sasl_oauth_client_secret is not None:
             return self.sasl_oauth_client_secret.get_secret_value()

@@ -56,6 +56,12 @@ class PipelineError(StreamInferError):
     broker failed): the service stops without committing past unfinished records."""
 
 
+class AccessDenied(StreamInferError):
+    """The broker does not let this principal do something the configuration needs (a missing
+    or revoked ACL): raised at start before anything is consumed, or mid-stream, where the
+    service stops without committing. Retrying cannot help, so nothing is retried."""
+
+
 class RegistryUnavailable(PipelineError):
     """The schema registry could not be asked (unreachable, 5xx, refused credentials) after
     retries: not about one record, so no record is dead-lettered for it; the service stops

@@ -35,12 +35,17 @@ class _LastFault(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.last: str | None = None
+        self.seen: dict[str, None] = {}  # every distinct fault, oldest first (bounded)
 
     def emit(self, record: logging.LogRecord) -> None:
         for arg in record.args if isinstance(record.args, tuple) else ():
             # The final timeout is what the caller reports itself; the cause is what led to it.
             if isinstance(arg, BaseException) and not isinstance(arg, KafkaTimeoutError):
                 self.last = str(arg)
+                if len(self.seen) < 64:
+                    self.seen[self.last] = None
+        if isinstance(record.msg, str) and "failed:" in record.msg and not record.args:
+            self.seen.setdefault(record.msg, None)  # kafka-python formats some faults itself
 
 
 _held = _LastFault()
@@ -99,6 +104,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     kafka.setLevel(logging.ERROR)
     kafka.propagate = False
     _held.last = None
+    _held.seen.clear()
     kafka.addHandler(_held)
 
 
@@ -117,3 +123,9 @@ def kafka_connected() -> None:
 def kafka_startup_fault() -> str | None:
     """The last error kafka-python logged while no connection had succeeded yet, if any."""
     return _held.last
+
+
+def kafka_startup_faults() -> list[str]:
+    """Every distinct error kafka-python logged while no connection had succeeded yet: a
+    refusal (bad credentials, an untrusted certificate) may hide behind later disconnects."""
+    return list(_held.seen)

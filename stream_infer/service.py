@@ -19,6 +19,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from stream_infer.access import authorization_cause, denied
 from stream_infer.backends import Engine, open_engine
 from stream_infer.batcher import Batcher
 from stream_infer.checkpoint import Checkpointer
@@ -79,6 +80,8 @@ class Service:
             tuple(card.sample_shape),
             (int(card.state_shape[0]), int(card.state_shape[1])),
         )
+        for note in settings.kafka.insecure():
+            logger.warning(note)
         self.metrics.slot_capacity.set(ent.max_entities)
         self.metrics.model.info(
             {
@@ -178,6 +181,16 @@ class Service:
             self._grace_timer.start()
 
     def run(self) -> None:
+        """Start (unless started) and process until ``stop``. An authorization error, at start
+        or mid-stream, ends the run as ``AccessDenied`` naming the ACL; nothing is committed."""
+        try:
+            self._run()
+        except Exception as exc:
+            if (refused := denied(exc, self.settings)) is not None:
+                raise refused from exc
+            raise
+
+    def _run(self) -> None:
         if not self._started:
             self.start()
         s = self.settings
@@ -193,6 +206,8 @@ class Service:
                 try:
                     polled = self.consumer.poll(timeout_ms=poll_ms)
                 except KafkaError as exc:  # broker away: the client reconnects with backoff
+                    if authorization_cause(exc) is not None:
+                        raise  # an ACL missing or revoked: retrying cannot help
                     self.metrics.kafka_errors.labels("poll").inc()
                     logger.warning("poll failed, retrying: %s", exc)
                     time.sleep(0.5)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import AuthorizationError, KafkaError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from stream_infer.batcher import Chunk
@@ -133,29 +133,32 @@ class Sink:
         entities = batch.entities
         parts = self._partitions(entities)
         traces = batch.trace if batch.trace is not None else [None] * len(entities)
-        for ent, part, sq, ev, sc, lab, tp in zip(
-            entities,
-            parts,
-            batch.seq.tolist(),
-            batch.event_ms.tolist(),
-            scores.tolist(),
-            labels.tolist(),
-            traces,
-            strict=True,
-        ):
-            doc = {
-                "entity": ent,
-                "seq": sq,
-                "event_time_ms": ev,
-                "emit_time_ms": emit_ms,
-                "scores": sc,
-                "label": lab,
-                "model": model,
-            }
-            headers = None if tp is None else [("traceparent", tp)]
-            send(topic, key=ent.encode(), value=dumps(doc), partition=part, headers=headers).add_errback(
-                errback
-            )
+        try:
+            for ent, part, sq, ev, sc, lab, tp in zip(
+                entities,
+                parts,
+                batch.seq.tolist(),
+                batch.event_ms.tolist(),
+                scores.tolist(),
+                labels.tolist(),
+                traces,
+                strict=True,
+            ):
+                doc = {
+                    "entity": ent,
+                    "seq": sq,
+                    "event_time_ms": ev,
+                    "emit_time_ms": emit_ms,
+                    "scores": sc,
+                    "label": lab,
+                    "model": model,
+                }
+                headers = None if tp is None else [("traceparent", tp)]
+                send(topic, key=ent.encode(), value=dumps(doc), partition=part, headers=headers).add_errback(
+                    errback
+                )
+        except AuthorizationError as exc:  # an ACL revoked: not about one prediction
+            raise SinkError(f"the broker refused a send to {topic}: {exc}") from exc
         return np.full(len(batch), emit_ms, dtype=np.int64)
 
     def _partitions(self, entities: list[str]) -> list[int | None]:
@@ -221,6 +224,8 @@ class Sink:
                     sent = [*headers, ("error.value_truncated", str(len(original)).encode())]
                 try:
                     future = self.producer.send(self.dead_letter_topic, key=m.key, value=value, headers=sent)
+                except AuthorizationError as exc:
+                    raise SinkError(f"the broker refused a send to {self.dead_letter_topic}: {exc}") from exc
                 except KafkaError as exc:
                     if attempt == 2:
                         raise SinkError(
@@ -242,11 +247,14 @@ class Sink:
     def changelog(self, records: Iterable[tuple[bytes, bytes | None, int]]) -> int:
         """(key, value or None for a tombstone, partition) records, partitioned like the input."""
         n = 0
-        for key, value, partition in records:
-            self.producer.send(self.changelog_topic, key=key, value=value, partition=partition).add_errback(
-                self._on_error
-            )
-            n += 1
+        try:
+            for key, value, partition in records:
+                self.producer.send(
+                    self.changelog_topic, key=key, value=value, partition=partition
+                ).add_errback(self._on_error)
+                n += 1
+        except AuthorizationError as exc:
+            raise SinkError(f"the broker refused a send to {self.changelog_topic}: {exc}") from exc
         return n
 
     def flush(self, timeout_s: float | None = None) -> None:
@@ -258,7 +266,8 @@ class Sink:
         with self._lock:
             errors, self._errors = self._errors, []
         if errors:
-            raise SinkError(f"{len(errors)} records were not delivered: {errors[0]!r}")
+            err = SinkError(f"{len(errors)} records were not delivered: {errors[0]!r}")
+            raise err from errors[0]
 
     def close(self, timeout_s: float = 10.0) -> None:
         try:

@@ -20,16 +20,18 @@ import time
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import AuthorizationError, KafkaError, TopicAlreadyExistsError
 
+from stream_infer.access import check_access, denied, explain_refusal
 from stream_infer.config import Settings
 from stream_infer.errors import ConfigError
-from stream_infer.logs import kafka_connected, kafka_startup_fault
+from stream_infer.logs import kafka_connected, kafka_startup_fault, kafka_startup_faults
 from stream_infer.sink import DEAD_LETTER_HEADROOM_BYTES, max_request_bytes
 
 logger = logging.getLogger(__name__)
 
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # the broker's message.max.bytes unless configured
+_ATTEMPT_MS = 2_000  # one bootstrap attempt at start, before the faults seen are checked
 _warned: set[tuple[str, int]] = set()  # (topic, max.message.bytes) already warned about
 
 
@@ -59,47 +61,55 @@ def ensure_topics(settings: Settings, timeout_s: float | None = None) -> int:
     (``topics.input_partitions`` partitions, broker defaults otherwise) and said so in a warning:
     producers that start later, or a typo in ``topics.input``, then meet a topic sized by the
     service rather than an error."""
-    admin = _admin(settings, timeout_s)
+    admin = admin_client(settings, timeout_s)
     try:
-        t = settings.topics
-        n = partitions_of(admin, t.input)
-        if n is None:
-            if not t.create:
-                raise ConfigError(f"input topic {t.input!r} does not exist (topics.create is false)")
-            create_topic(admin, t.input, t.input_partitions)
-            n = t.input_partitions
-            logger.warning(
-                "input topic %s did not exist: created it with %d partitions (topics.create; "
-                "topics.input_partitions sets the count, or create the topic yourself)",
-                t.input,
-                n,
-            )
-        if t.create:
-            out_n = t.output_partitions or n
-            for name, parts, conf in (
-                (t.output, out_n, {}),
-                (
-                    settings.dead_letter_topic,
-                    n,
-                    {"max.message.bytes": str(dead_letter_topic_bytes(settings))},
-                ),
-                (
-                    settings.changelog_topic,
-                    n,
-                    {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"},
-                ),
-            ):
-                if partitions_of(admin, name) is None:
-                    create_topic(admin, name, parts, conf)
-        cl = _wait_partitions(admin, settings.changelog_topic, 10.0)
-        if cl is not None and cl != n:
-            raise ConfigError(
-                f"changelog topic {settings.changelog_topic!r} has {cl} partitions; "
-                f"the input {t.input!r} has {n}: they must match"
-            )
-        return n
+        return _ensure_topics(admin, settings)
+    except AuthorizationError as exc:
+        raise denied(exc, settings) or exc from exc
     finally:
         admin.close()
+
+
+def _ensure_topics(admin: KafkaAdminClient, settings: Settings) -> int:
+    check_access(admin, settings)  # first: a topic this principal may not see looks missing
+    t = settings.topics
+    n = partitions_of(admin, t.input)
+    if n is None:
+        if not t.create:
+            raise ConfigError(f"input topic {t.input!r} does not exist (topics.create is false)")
+        create_topic(admin, t.input, t.input_partitions)
+        n = t.input_partitions
+        logger.warning(
+            "input topic %s did not exist: created it with %d partitions (topics.create; "
+            "topics.input_partitions sets the count, or create the topic yourself)",
+            t.input,
+            n,
+        )
+    if t.create:
+        out_n = t.output_partitions or n
+        for name, parts, conf in (
+            (t.output, out_n, {}),
+            (
+                settings.dead_letter_topic,
+                n,
+                {"max.message.bytes": str(dead_letter_topic_bytes(settings))},
+            ),
+            (
+                settings.changelog_topic,
+                n,
+                {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"},
+            ),
+        ):
+            if partitions_of(admin, name) is None:
+                create_topic(admin, name, parts, conf)
+    cl = _wait_partitions(admin, settings.changelog_topic, 10.0)
+    if cl is not None and cl != n:
+        raise ConfigError(
+            f"changelog topic {settings.changelog_topic!r} has {cl} partitions; "
+            f"the input {t.input!r} has {n}: they must match"
+        )
+    check_access(admin, settings)
+    return n
 
 
 def _wait_partitions(admin: KafkaAdminClient, topic: str, timeout_s: float) -> int | None:
@@ -139,7 +149,7 @@ def dead_letter_limit_bytes(settings: Settings) -> int:
 
     Logs a warning, once per topic and limit, when the topic takes less than the largest input
     message plus the headroom: larger dead letters are then truncated."""
-    admin = _admin(settings)
+    admin = admin_client(settings)
     try:
         topic_bytes = _max_message_bytes(admin, settings.dead_letter_topic)
         if topic_bytes is None:
@@ -168,7 +178,7 @@ def dead_letter_rule(settings: Settings) -> str:
     """One line on how dead letters are sized on the brokers this service would use (for
     ``serve --check``): the dead-letter topic's limit and the truncation threshold, or what
     will be created at start. Connects to Kafka."""
-    admin = _admin(settings)
+    admin = admin_client(settings)
     try:
         topic = settings.dead_letter_topic
         topic_bytes = _max_message_bytes(admin, topic)
@@ -214,7 +224,7 @@ def _broker_max_message_bytes(admin: KafkaAdminClient) -> int:
         return KAFKA_DEFAULT_MAX_MESSAGE_BYTES
 
 
-def _admin(settings: Settings, timeout_s: float | None = None) -> KafkaAdminClient:
+def admin_client(settings: Settings, timeout_s: float | None = None) -> KafkaAdminClient:
     """An admin client connected within ``timeout_s`` (default ``kafka.startup_timeout_s``).
 
     The first success lets kafka-python's own warnings through (``logs.kafka_connected``);
@@ -224,10 +234,16 @@ def _admin(settings: Settings, timeout_s: float | None = None) -> KafkaAdminClie
     timeout_s = k.startup_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
     while True:
-        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        # Short attempts: a refusal (credentials, certificates) ends the start at once.
+        left_ms = max(1, min(_ATTEMPT_MS, int((deadline - time.monotonic()) * 1000)))
         try:
             admin = KafkaAdminClient(**k.client_kwargs("admin"), bootstrap_timeout_ms=left_ms)
         except KafkaError as exc:
+            refused = next(filter(None, (explain_refusal(f, settings) for f in kafka_startup_faults())), None)
+            if refused:
+                raise ConfigError(
+                    f"Kafka at {k.bootstrap_servers} refused the connection: {refused}"
+                ) from exc
             if time.monotonic() >= deadline:
                 cause = kafka_startup_fault() or str(exc)
                 raise ConfigError(

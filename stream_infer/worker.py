@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from stream_infer.access import authorization_cause
 from stream_infer.backends.base import Engine
 from stream_infer.batcher import Batcher, Chunk
 from stream_infer.errors import EngineError
@@ -97,7 +98,10 @@ class InferenceWorker(threading.Thread):
         try:
             self._loop()
         except BaseException as exc:  # surfaced to the source thread by _check()
-            logger.exception("inference thread failed")
+            if authorization_cause(exc) is not None:  # an ACL revoked: named by the run loop
+                logger.error("inference thread stopped: %s", exc)
+            else:
+                logger.exception("inference thread failed")
             self.error = exc
 
     def _loop(self) -> None:

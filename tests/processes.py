@@ -31,6 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TS0 = 1_700_000_000_000
 
 
+# Connection settings (TLS, SASL) of a secured broker, by bootstrap address: every client these
+# helpers make for that address uses them (tests/integration/test_secured_broker.py).
+SECURED: dict[str, dict[str, Any]] = {}
+
+
+def connection(bootstrap: str) -> dict[str, Any]:
+    """kafka-python connection keywords for ``bootstrap`` (its ``SECURED`` settings, if any)."""
+    return {"bootstrap_servers": bootstrap, **SECURED.get(bootstrap, {})}
+
+
 def _client_id(role: str) -> str:
     """A client id of its own: kafka-python 3 shares one network loop between clients of the
     same id in a process, so a client left wedged by a broker outage must not serve the next."""
@@ -40,7 +50,7 @@ def _client_id(role: str) -> str:
 def reader_consumer(bootstrap: str, committed_only: bool = True, **kw: Any) -> KafkaConsumer:
     """A group-less consumer that reads from the start, with a client id of its own."""
     return KafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **connection(bootstrap),
         client_id=_client_id("reader"),
         group_id=None,
         auto_offset_reset="earliest",
@@ -275,7 +285,7 @@ class Feeder:
     def _run(self) -> None:
         try:
             p = KafkaProducer(
-                bootstrap_servers=self.bootstrap, client_id=_client_id("feeder"), linger_ms=2, acks="all"
+                **connection(self.bootstrap), client_id=_client_id("feeder"), linger_ms=2, acks="all"
             )
             futs = []
             n = max(len(x) for x in self.streams.values())
@@ -326,7 +336,7 @@ def read_predictions(
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offsets (0 where none), read without joining the group."""
     c = KafkaConsumer(
-        bootstrap_servers=bootstrap, client_id=_client_id("offsets"), group_id=group, enable_auto_commit=False
+        **connection(bootstrap), client_id=_client_id("offsets"), group_id=group, enable_auto_commit=False
     )
     try:
         out = {}
@@ -344,7 +354,7 @@ def open_transaction_records(bootstrap: str, topic: str, partitions: int) -> int
     ends = {}
     for iso in ("read_uncommitted", "read_committed"):
         c = KafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **connection(bootstrap),
             client_id=_client_id(f"ends-{iso}"),
             group_id=None,
             isolation_level=iso,
@@ -400,7 +410,7 @@ def create_topic(bootstrap: str, name: str, partitions: int, **configs: str) -> 
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=_client_id("admin"))
+    admin = KafkaAdminClient(**connection(bootstrap), client_id=_client_id("admin"))
     try:
         admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
     finally:
@@ -498,7 +508,7 @@ class StreamFeeder:
         futs: list[tuple[tuple[str, int], Any]] = []
         extra_futs: list[tuple[Message, Any]] = []
         try:
-            kw: dict[str, Any] = dict(bootstrap_servers=self.bootstrap, acks="all", max_request_size=16 << 20)
+            kw: dict[str, Any] = dict(**connection(self.bootstrap), acks="all", max_request_size=16 << 20)
             p = KafkaProducer(client_id=_client_id("feeder"), linger_ms=2, **kw)
             burst = KafkaProducer(
                 client_id=_client_id("feeder-extra"), linger_ms=1000, batch_size=1 << 20, **kw

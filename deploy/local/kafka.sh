@@ -2,7 +2,7 @@
 # A single-node Apache Kafka 4.x broker (KRaft: broker + controller in one JVM) assembled from
 # Maven Central jars and run with plain `java -cp`. Listens on 127.0.0.1 only.
 #
-#   deploy/local/kafka.sh start|stop|status|restart|logs
+#   deploy/local/kafka.sh start|stop|status|restart|logs [--secure]
 #
 # Idempotent: `start` on a running broker does nothing; `stop` kills only the pid it wrote.
 # If KAFKA_BOOTSTRAP is set, an existing cluster is used and nothing is started or stopped.
@@ -11,15 +11,40 @@
 #              KAFKA_OAUTH_PORT (unset: none): a SASL_PLAINTEXT listener for OAUTHBEARER on that
 #              port, with Kafka's unsecured token validator (unsigned JWTs with sub and exp:
 #              for tests of a client's token plumbing only, never for production).
+#
+# --secure (or KAFKA_SECURE=1): a secured broker instead, in its own state dir (default
+# .local/kafka-secure) and on its own ports, with no plaintext listener at all:
+#   KAFKA_PORT (9192)      SSL, client certificates required (mTLS; principal = certificate CN)
+#   KAFKA_SASL_PORT (9193) SASL_SSL with SCRAM-SHA-512 (server certificate only)
+#   KAFKA_CONTROLLER_PORT (9194) the KRaft controller, mTLS with the broker's certificate
+# and the StandardAuthorizer with allow.everyone.if.no.acl.found=false (super users: the broker
+# and `admin`). The first start makes a throwaway CA, a broker certificate for IP 127.0.0.1 and
+# client certificates (admin, stream-infer, producer) with openssl, and SCRAM credentials with
+# random passwords for the same users at format time. Everything lives under the state dir:
+#   tls/ca.pem, tls/<name>.pem + tls/<name>.key, scram/<user>.password (mode 600), and
+#   secure.env, which names them all (KAFKA_SSL_BOOTSTRAP, KAFKA_SASL_BOOTSTRAP, ...).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-port="${KAFKA_PORT:-9092}"
-cport="${KAFKA_CONTROLLER_PORT:-9093}"
+cmd="${1:-}"
+secure="${KAFKA_SECURE:-0}"
+if [[ "${2:-}" == "--secure" ]]; then secure=1; fi
+if [[ "$secure" == 1 ]]; then
+  port="${KAFKA_PORT:-9192}"
+  sport="${KAFKA_SASL_PORT:-9193}"
+  cport="${KAFKA_CONTROLLER_PORT:-9194}"
+  home="${KAFKA_HOME_DIR:-$repo/.local/kafka-secure}"
+else
+  port="${KAFKA_PORT:-9092}"
+  cport="${KAFKA_CONTROLLER_PORT:-9093}"
+  home="${KAFKA_HOME_DIR:-$repo/.local/kafka}"
+fi
 oport="${KAFKA_OAUTH_PORT:-}"
 heap="${KAFKA_HEAP:-256m}"
-home="${KAFKA_HOME_DIR:-$repo/.local/kafka}"
+tls="$home/tls"
+scram="$home/scram"
+users=(admin stream-infer producer)
 libs="$here/target/libs"
 pidfile="$home/kafka.pid"
 logfile="$home/logs/server.out"
@@ -42,11 +67,18 @@ running() {
 }
 
 # Readiness is an ApiVersions request answered with error code 0, not an open port.
+# On the secured broker: over TLS with the admin certificate.
 ready() {
-  python3 - "$port" <<'PY'
-import socket, struct, sys
+  local tls_args=()
+  [[ "$secure" == 1 ]] && tls_args=("$tls/ca.pem" "$tls/admin.pem" "$tls/admin.key")
+  python3 - "$port" "${tls_args[@]}" <<'PY'
+import socket, ssl, struct, sys
 try:
     s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
+    if len(sys.argv) > 2:
+        ctx = ssl.create_default_context(cafile=sys.argv[2])
+        ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+        s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
     cid = b"ready"
     body = struct.pack(">hhih", 18, 0, 7, len(cid)) + cid
     s.sendall(struct.pack(">i", len(body)) + body)
@@ -73,8 +105,125 @@ jars() {
   fi
 }
 
+# A throwaway CA and certificates, made once per state dir (EC P-256, 30 days). The broker's
+# certificate names IP 127.0.0.1 only, so hostname verification refuses `localhost`.
+certs() {
+  [[ -f "$tls/ca.pem" ]] && return 0
+  log "making a throwaway CA and certificates in $tls"
+  mkdir -p "$tls"
+  chmod 700 "$tls"
+  local days=30
+  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days "$days" \
+    -subj "/CN=stream-infer local CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  issue kafka-broker "subjectAltName=IP:127.0.0.1" "extendedKeyUsage=serverAuth,clientAuth"
+  local u
+  for u in "${users[@]}"; do
+    issue "$u" "" "extendedKeyUsage=clientAuth"
+  done
+  # Kafka's PEM key store: the private key (unencrypted PKCS#8) followed by the certificate.
+  cat "$tls/kafka-broker.key" "$tls/kafka-broker.pem" > "$tls/kafka-broker.keystore.pem"
+  chmod 600 "$tls"/*.key "$tls/kafka-broker.keystore.pem"
+}
+
+# issue NAME [SAN-EXT] EKU-EXT: a key and a certificate with CN=NAME signed by the local CA.
+issue() {
+  local name="$1" san="$2" eku="$3" ext
+  ext="$(mktemp)"
+  { echo "basicConstraints=critical,CA:FALSE"; echo "keyUsage=critical,digitalSignature"
+    echo "$eku"; if [[ -n "$san" ]]; then echo "$san"; fi; } > "$ext"
+  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -subj "/CN=$name" \
+    -keyout "$tls/$name.key" -out "$tls/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$tls/$name.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+    -days 30 -extfile "$ext" -out "$tls/$name.pem" 2>/dev/null
+  rm -f "$tls/$name.csr" "$ext"
+}
+
+# Random SCRAM passwords, made once per state dir (before the storage is formatted).
+passwords() {
+  mkdir -p "$scram"
+  chmod 700 "$scram"
+  local u
+  for u in "${users[@]}"; do
+    [[ -f "$scram/$u.password" ]] || (umask 077; openssl rand -hex 16 > "$scram/$u.password")
+  done
+}
+
+log4j_conf() {
+  cat > "$home/log4j2.properties" <<'L4J'
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.apache.name = org.apache.kafka
+logger.apache.level = INFO
+L4J
+}
+
+configure_secure() {
+  mkdir -p "$home/data" "$home/logs"
+  log4j_conf
+  cat > "$conf" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$cport
+listeners=SSL://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=SSL://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SSL
+listener.security.protocol.map=SSL:SSL,SASL_SSL:SASL_SSL,CONTROLLER:SSL
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/kafka-broker.keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+ssl.client.auth=required
+ssl.endpoint.identification.algorithm=https
+ssl.principal.mapping.rules=RULE:^CN=([^,]+)\$/\$1/,DEFAULT
+listener.name.sasl_ssl.ssl.client.auth=none
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:kafka-broker;User:admin
+log.dirs=$home/data
+num.partitions=1
+num.network.threads=2
+num.io.threads=2
+offsets.topic.num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.retention.hours=24
+log.segment.bytes=67108864
+log.cleaner.dedupe.buffer.size=8388608
+PROPS
+  cat > "$home/secure.env" <<ENV
+# The secured local broker (kafka.sh start --secure): addresses, CA, client certificates and
+# SCRAM password files. Throwaway material for local tests only.
+KAFKA_SSL_BOOTSTRAP=127.0.0.1:$port
+KAFKA_SASL_BOOTSTRAP=127.0.0.1:$sport
+KAFKA_CA=$tls/ca.pem
+KAFKA_TLS_DIR=$tls
+KAFKA_SCRAM_DIR=$scram
+KAFKA_SCRAM_MECHANISM=SCRAM-SHA-512
+KAFKA_USERS=${users[*]}
+ENV
+}
+
 configure() {
   mkdir -p "$home/data" "$home/logs"
+  log4j_conf
   local extra_l="" extra_a="" extra_m=""
   if [[ -n "$oport" ]]; then
     extra_l=",OAUTH://127.0.0.1:$oport" extra_a=",OAUTH://127.0.0.1:$oport" extra_m=",OAUTH:SASL_PLAINTEXT"
@@ -111,20 +260,6 @@ listener.name.oauth.sasl.enabled.mechanisms=OAUTHBEARER
 listener.name.oauth.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";
 PROPS
   fi
-  cat > "$home/log4j2.properties" <<'L4J'
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = ${sys:kafka.logs.dir}/server.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = file
-logger.kafka.name = kafka
-logger.kafka.level = INFO
-logger.apache.name = org.apache.kafka
-logger.apache.level = INFO
-L4J
 }
 
 java_cmd() {
@@ -144,10 +279,21 @@ start() {
     return 1
   fi
   jars
-  configure
+  local scram_args=()
+  if [[ "$secure" == 1 ]]; then
+    certs
+    passwords
+    configure_secure
+    local u
+    for u in "${users[@]}"; do
+      scram_args+=(--add-scram "SCRAM-SHA-512=[name=$u,password=$(cat "$scram/$u.password")]")
+    done
+  else
+    configure
+  fi
   if [[ ! -f "$home/data/meta.properties" ]]; then
     local id; id="$(java_cmd kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
-    java_cmd kafka.tools.StorageTool format -t "$id" -c "$conf" --standalone >/dev/null
+    java_cmd kafka.tools.StorageTool format -t "$id" -c "$conf" --standalone "${scram_args[@]}" >/dev/null
   fi
   local t0; t0=$(date +%s.%N)
   nohup java -Xms"$heap" -Xmx"$heap" -XX:+UseSerialGC \
@@ -156,7 +302,7 @@ start() {
   echo $! > "$pidfile"
   for _ in $(seq 1 120); do
     if ready; then
-      log "ready on 127.0.0.1:$port (pid $(cat "$pidfile")) in $(python3 -c "import sys;print(round($(date +%s.%N)-$t0,1))")s"
+      log "ready on 127.0.0.1:$port$([[ "$secure" == 1 ]] && echo " (mTLS), 127.0.0.1:$sport (SASL_SSL SCRAM-SHA-512); see $home/secure.env") (pid $(cat "$pidfile")) in $(python3 -c "import sys;print(round($(date +%s.%N)-$t0,1))")s"
       return 0
     fi
     if ! running; then break; fi
@@ -197,11 +343,11 @@ status() {
   fi
 }
 
-case "${1:-}" in
+case "$cmd" in
   start) start ;;
   stop) stop ;;
   status) status ;;
   restart) stop; start ;;
-  logs) tail -n "${2:-50}" "$home/logs/server.log" ;;
-  *) echo "usage: $0 start|stop|status|restart|logs" >&2; exit 2 ;;
+  logs) tail -n 50 "$home/logs/server.log" ;;
+  *) echo "usage: $0 start|stop|status|restart|logs [--secure]" >&2; exit 2 ;;
 esac

@@ -62,7 +62,7 @@ def _client_kwargs_of_every_role(monkeypatch: pytest.MonkeyPatch, s: Settings) -
         lambda: sink.make_producer(s, "txn"),
         lambda: source.read_changelog(s, [0]),
         lambda: service._await_metadata(s, timeout_s=0.1),
-        lambda: topics._admin(s, timeout_s=0.1),
+        lambda: topics.admin_client(s, timeout_s=0.1),
     )
     for call in calls:
         with pytest.raises(_Captured):
