@@ -278,14 +278,15 @@ def explain_refusal(fault: str, settings: Settings) -> str | None:
 
 
 def authorization_cause(exc: BaseException) -> BaseException | None:
-    """The Kafka authorization error behind ``exc`` (itself or a cause), if any."""
-    from kafka.errors import AuthorizationError
+    """The Kafka refusal behind ``exc`` (itself or a cause), if any: an authorization error, or
+    credentials refused when a connection (re)authenticates (rotated or deleted meanwhile)."""
+    from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
 
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
             return None
-        if isinstance(seen, AuthorizationError):
+        if isinstance(seen, AuthorizationError | SaslAuthenticationFailedError):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
@@ -322,6 +323,10 @@ def explain_authorization(exc: BaseException, settings: Settings, writing: bool 
         return next((a for a in acls if a.resource == resource), None)
 
     acl: Acl | None = None
+    if isinstance(exc, errors.SaslAuthenticationFailedError):
+        return f"Kafka at {settings.kafka.bootstrap_servers} refused the connection: " + (
+            explain_refusal(str(exc), settings) or str(exc)
+        )
     if isinstance(exc, errors.TransactionalIdAuthorizationFailedError):
         acl = first("TRANSACTIONAL_ID")
     elif isinstance(exc, errors.GroupAuthorizationFailedError):

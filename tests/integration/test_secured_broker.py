@@ -125,8 +125,8 @@ def _admin(b: Secured) -> Any:
     return KafkaAdminClient(**b.admin_kafka(), client_id=f"test-admin-{os.urandom(3).hex()}")
 
 
-def _principal_acls(b: Secured) -> set[tuple[str, str, str, str]]:
-    """Every ACL of ``PRINCIPAL``: (resource type, name, pattern, operation)."""
+def _principal_acls(b: Secured, principal: str = PRINCIPAL) -> set[tuple[str, str, str, str]]:
+    """Every ACL of ``principal``: (resource type, name, pattern, operation)."""
     from kafka.admin import (
         ACLFilter,
         ACLOperation,
@@ -140,7 +140,7 @@ def _principal_acls(b: Secured) -> set[tuple[str, str, str, str]]:
     try:
         pattern = ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY)
         found, _ = admin.describe_acls(
-            ACLFilter(PRINCIPAL, None, ACLOperation.ANY, ACLPermissionType.ANY, pattern)
+            ACLFilter(principal, None, ACLOperation.ANY, ACLPermissionType.ANY, pattern)
         )
     finally:
         admin.close()
@@ -171,7 +171,7 @@ def clean_acls(secured: Secured) -> Iterator[None]:
     _revoke_all(secured)
 
 
-def _revoke_all(b: Secured) -> None:
+def _revoke_all(b: Secured, principal: str = PRINCIPAL) -> None:
     from kafka.admin import (
         ACLFilter,
         ACLOperation,
@@ -184,11 +184,11 @@ def _revoke_all(b: Secured) -> None:
     admin = _admin(b)
     try:
         pattern = ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY)
-        admin.delete_acls([ACLFilter(PRINCIPAL, None, ACLOperation.ANY, ACLPermissionType.ANY, pattern)])
+        admin.delete_acls([ACLFilter(principal, None, ACLOperation.ANY, ACLPermissionType.ANY, pattern)])
     finally:
         admin.close()
     deadline = time.monotonic() + 10
-    while _principal_acls(b) and time.monotonic() < deadline:
+    while _principal_acls(b, principal) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -418,3 +418,75 @@ def test_a_write_acl_revoked_mid_stream_stops_the_service_naming_it(
     assert p.proc.returncode == 2, p.log()
     assert f"not authorized: {write_out.describe()}" in p.log(5), p.log()
     assert committed_offsets(secured.mtls, f"g-{topic}", topic, 4) == {0: 0, 1: 0, 2: 0, 3: 0}
+
+
+def test_credentials_rotate_without_losing_or_repeating_a_prediction(
+    secured: Secured, clean_acls, artifact, tmp_path: Path, procs, feeders
+) -> None:
+    """The documented rotation (docs/security.md): a second user with the same ACLs, a rolling
+    restart onto it (SIGTERM drains and commits), then the old user's credential and ACLs go."""
+    from kafka.admin import UserScramCredentialDeletion, UserScramCredentialUpsertion
+
+    nxt, password = "stream-infer-next", os.urandom(12).hex()
+    topic = f"sec-rotate-{os.urandom(3).hex()}"
+    streams = entity_streams(6, 1, seed=23)
+    ref = reference(artifact, streams)
+    old = service_config(
+        secured.mtls,
+        topic,
+        artifact,
+        "a",
+        kafka=secured.client("scram"),
+        delivery={"guarantee": "exactly-once"},
+    )
+    _apply_acls(secured, _write(old, tmp_path / "old.yaml"), tmp_path)
+    admin = _admin(secured)
+    try:
+        assert admin.alter_user_scram_credentials(
+            [UserScramCredentialUpsertion(nxt, "SCRAM-SHA-512", password)]
+        ) == {nxt: None}
+        new = service_config(
+            secured.mtls,
+            topic,
+            artifact,
+            "a",
+            kafka=secured.client("scram", sasl_username=nxt, sasl_password=password),
+            delivery={"guarantee": "exactly-once"},
+        )
+        admin_cfg = tmp_path / "admin.yaml"
+        proc = run_cli(
+            "acls", "-c", str(_write(new, tmp_path / "new.yaml")), "--apply-with", str(admin_cfg)
+        )  # the principal comes from sasl_username
+        assert proc.returncode == 0, proc.stderr
+
+        procs.append(first := ServiceProcess(old, tmp_path))
+        first.wait_ready(120)
+        feeders.append(feeder := StreamFeeder(secured.mtls, topic, streams, 400))
+        half = feeder.rounds // 2
+        feeder.start(upto=half)
+        feeder.wait_idle(60)
+        assert first.terminate(30) == 0, first.log()
+        procs.append(second := ServiceProcess(new, tmp_path))
+        second.wait_ready(120)
+        # The old credential goes only now: nothing uses it any more.
+        assert admin.alter_user_scram_credentials(
+            [UserScramCredentialDeletion("stream-infer", "SCRAM-SHA-512")]
+        ) == {"stream-infer": None}
+        feeder.join(120)
+        preds = read_hops(secured.mtls, f"{topic}.out", set(ref), timeout_s=60)
+        check_delivery(preds, ref, "exactly-once")
+        assert second.terminate(30) == 0, second.log()
+    finally:
+        # Back to the broker's own credential for user stream-infer (the other tests use it).
+        admin.alter_user_scram_credentials(
+            [
+                UserScramCredentialUpsertion(
+                    "stream-infer",
+                    "SCRAM-SHA-512",
+                    (secured.passwords / "stream-infer.password").read_text().strip(),
+                ),
+                UserScramCredentialDeletion(nxt, "SCRAM-SHA-512"),
+            ]
+        )
+        admin.close()
+        _revoke_all(secured, f"User:{nxt}")

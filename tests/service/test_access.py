@@ -135,3 +135,16 @@ def test_turning_hostname_verification_off_is_warned() -> None:
         }
     )
     assert any("in clear" in n for n in plain.kafka.insecure())
+
+
+def test_credentials_refused_mid_stream_are_a_refusal_too() -> None:
+    s = _settings(
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "svc",
+            "sasl_password": "p",
+        }
+    )
+    refused = denied(errors.SaslAuthenticationFailedError("Authentication failed"), s)
+    assert refused is not None and "refused the SASL credentials" in str(refused) and "'svc'" in str(refused)
