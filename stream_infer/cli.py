@@ -170,7 +170,7 @@ def serve(
         False,
         "--check",
         help="Validate the settings and model card, load the engine and run one inference on zeros, "
-        "reach Kafka, print how dead letters are sized, then exit.",
+        "reach Kafka, print how dead letters are sized, check the ACLs it needs, then exit.",
     ),
 ) -> None:
     """Run the service: consume, window, infer, publish, checkpoint; SIGTERM drains and commits."""
@@ -186,7 +186,7 @@ def serve(
         svc = Service(settings)
         if check:
             from stream_infer.backends import open_engine
-            from stream_infer.topics import dead_letter_rule
+            from stream_infer.topics import access_rule, dead_letter_rule
 
             m = settings.model
             engine = open_engine(
@@ -200,6 +200,7 @@ def serve(
             typer.echo(f"model card sha256 {card_sha256(m.artifact)} ({sealed}; pin it: model.card_sha256)")
             typer.echo(f"engine ok: {m.backend} on {m.device}, one inference on zeros")
             typer.echo(dead_letter_rule(settings))
+            typer.echo(access_rule(settings))
             return
         svc.install_signal_handlers()
         svc.run()

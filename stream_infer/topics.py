@@ -201,6 +201,19 @@ def dead_letter_rule(settings: Settings) -> str:
     )
 
 
+def access_rule(settings: Settings) -> str:
+    """One line on this principal's access (for ``serve --check``): ``AccessDenied`` naming the
+    first missing ACL of the topics that exist and the group, else what was checked."""
+    admin = admin_client(settings)
+    try:
+        check_access(admin, settings)
+    except AuthorizationError as exc:
+        raise denied(exc, settings) or exc from exc
+    finally:
+        admin.close()
+    return "kafka access ok: the topics that exist and the group allow what this configuration needs"
+
+
 def _max_message_bytes(admin: KafkaAdminClient, topic: str) -> int | None:
     """The topic's effective ``max.message.bytes``; None if the topic does not exist (or may
     not be described: kafka-python answers both with no configs)."""

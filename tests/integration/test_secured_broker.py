@@ -364,6 +364,7 @@ def test_hostname_verification_is_off_only_when_asked_and_then_warned(
     proc = run_cli("serve", "--config", str(path), "--check", timeout_s=120)
     assert proc.returncode == 0, proc.stderr
     assert "kafka.ssl_check_hostname is false" in proc.stderr, proc.stderr
+    assert "kafka access ok" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
