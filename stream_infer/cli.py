@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from stream_infer.backends import BackendName
+    from stream_infer.model.datasets import Recordings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -156,6 +161,92 @@ def build_engine(
     except StreamInferError as exc:
         raise _fail(exc) from None
     typer.echo(f"{result.path} ({result.precision}, {result.seconds:.1f} s)")
+
+
+def _recordings(dataset: str, data: Path | None, split: str, split_by: str | None, seed: int) -> Recordings:
+    from stream_infer.model import datasets
+
+    recs = datasets.load_recordings(data, split_by=split_by, seed=seed) if data else None
+    if recs is None:
+        if dataset != "basicmotions":
+            raise typer.BadParameter("built-in recordings: basicmotions", param_hint="--dataset")
+        recs = datasets.basic_motions()
+    if split != "all":
+        recs = recs.subset(split)
+    if not len(recs):
+        raise typer.BadParameter(f"no recordings in split {split!r}", param_hint="--split")
+    return recs
+
+
+def _backend(name: str) -> BackendName:
+    if name not in ("onnxruntime", "torch", "tensorrt"):
+        raise typer.BadParameter("onnxruntime, torch or tensorrt", param_hint="--backend")
+    return name  # type: ignore[return-value]
+
+
+_DATA_HELP = "A directory of recordings (docs/data-format.md); the built-in --dataset when omitted."
+_SPLIT_HELP = (
+    "test, train or all. Without a split column in labels.csv, the test split is the seeded "
+    "hold-out that `train` made with the same --seed and --split-by."
+)
+
+
+@app.command()
+def evaluate(
+    artifact: Path = typer.Argument(..., help="Model artifact directory."),
+    data: Path | None = typer.Option(None, help=_DATA_HELP),
+    dataset: str = typer.Option("basicmotions", help="Built-in recordings when --data is omitted."),
+    split: str = typer.Option("test", help=_SPLIT_HELP),
+    split_by: str | None = typer.Option(None, help="labels.csv column whose groups were held out together."),
+    seed: int = typer.Option(0, help="Seed of the hold-out (as given to train)."),
+    backend: str = typer.Option("onnxruntime", help="onnxruntime, torch or tensorrt."),
+    device: str = typer.Option("cpu", help="cpu or cuda:N."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
+) -> None:
+    """Replay recordings through the service's own pipeline and score every hop against the labels."""
+    from stream_infer import evaluate as ev
+    from stream_infer.errors import StreamInferError
+    from stream_infer.model.card import load_card
+
+    try:
+        recs = _recordings(dataset, data, split, split_by, seed)
+        predictions = ev.replay(artifact, recs, _backend(backend), device)
+        result = ev.evaluate(load_card(artifact), recs, predictions)
+    except StreamInferError as exc:
+        raise _fail(exc) from None
+    typer.echo(result.table())
+    if json_out is not None:
+        json_out.write_text(result.to_json() + "\n")
+
+
+@app.command()
+def predict(
+    artifact: Path = typer.Argument(..., help="Model artifact directory."),
+    out: Path = typer.Option(..., "--out", help="JSON Lines file: one prediction per hop, as published."),
+    data: Path | None = typer.Option(None, help=_DATA_HELP),
+    dataset: str = typer.Option("basicmotions", help="Built-in recordings when --data is omitted."),
+    split: str = typer.Option("all", help=_SPLIT_HELP),
+    split_by: str | None = typer.Option(None, help="labels.csv column whose groups were held out together."),
+    seed: int = typer.Option(0, help="Seed of the hold-out (as given to train)."),
+    backend: str = typer.Option("onnxruntime", help="onnxruntime, torch or tensorrt."),
+    device: str = typer.Option("cpu", help="cpu or cuda:N."),
+) -> None:
+    """Write the predictions the service would publish for recordings (entity <index>-<name>)."""
+    import orjson
+
+    from stream_infer import evaluate as ev
+    from stream_infer.errors import StreamInferError
+
+    try:
+        recs = _recordings(dataset, data, split, split_by, seed)
+        predictions = ev.replay(artifact, recs, _backend(backend), device)
+    except StreamInferError as exc:
+        raise _fail(exc) from None
+    predictions.sort(key=lambda p: (p["entity"], p["seq"]))
+    with out.open("wb") as f:
+        for p in predictions:
+            f.write(orjson.dumps(p) + b"\n")
+    typer.echo(f"wrote {len(predictions)} predictions for {len(recs)} recordings to {out}")
 
 
 # --- service commands: serve, produce, demo ---

@@ -276,6 +276,11 @@ class Service:
 
     # --- the source side ---
 
+    def ingest(self, records: list[Any]) -> None:
+        """One poll's records through decode, dead letters and windows (the source side);
+        offline replays (``stream_infer.evaluate``) call it with records they make."""
+        self._ingest(records)
+
     def _ingest(self, records: list[Any]) -> None:
         """Decode, dead-letter the bad, window the good and hand completed windows on.
 

@@ -1,0 +1,211 @@
+"""Offline evaluation: recordings replayed through the service's own pipeline, without a broker.
+
+Each recording becomes one entity whose samples go, in polls of interleaved entities, through
+the same decode -> windows -> batcher -> engine -> sink code that ``serve`` runs (a ``Service``
+wired to a ``ListProducer`` instead of Kafka). The predictions are therefore the ones the service
+would publish for the same data, hop for hop; ``evaluate`` scores them against each
+recording's label, per hop and at the end of the recording.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from stream_infer.errors import DataError
+from stream_infer.model.card import ModelCard, load_card
+from stream_infer.model.datasets import Recordings
+
+if TYPE_CHECKING:
+    from stream_infer.backends import BackendName
+
+_POLL = 4096  # records per ingest call, as one poll of the service would bring
+_TS0 = 1_700_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """The fields of a consumer record that decoding reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    label: str
+    precision: float
+    recall: float
+    support: int  # hops whose true label is this one
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Classification figures over every hop and over each recording's last hop."""
+
+    model: str
+    n_recordings: int
+    n_hops: int
+    per_hop_accuracy: float
+    at_end_accuracy: float
+    labels: list[str]
+    confusion: list[list[int]]  # per hop: rows = true label, columns = predicted label
+    per_class: list[ClassMetrics]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def table(self) -> str:
+        width = max(5, *(len(x) for x in self.labels))
+        out = [
+            f"model {self.model}: {self.n_recordings} recordings, {self.n_hops} hops",
+            f"accuracy per hop {self.per_hop_accuracy:.4f}, at the end of a recording {self.at_end_accuracy:.4f}",
+            "",
+            f"{'label':<{width}}  precision  recall  support",
+        ]
+        out += [
+            f"{m.label:<{width}}  {m.precision:9.4f}  {m.recall:6.4f}  {m.support:7d}" for m in self.per_class
+        ]
+        out += ["", "confusion per hop (rows: true, columns: predicted)"]
+        out.append(" " * width + "  " + " ".join(f"{x[:width]:>{width}}" for x in self.labels))
+        for label, row in zip(self.labels, self.confusion, strict=True):
+            out.append(f"{label:<{width}}  " + " ".join(f"{n:>{width}d}" for n in row))
+        return "\n".join(out)
+
+
+def replay(
+    artifact: str | Path, recordings: Recordings, backend: BackendName = "onnxruntime", device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """The predictions the service publishes for ``recordings`` (one entity per recording, named
+    by its index and name), each a prediction document as on the output topic."""
+    from prometheus_client import CollectorRegistry
+
+    from stream_infer.backends import open_engine
+    from stream_infer.config import load_settings
+    from stream_infer.service import Service
+    from stream_infer.testing import ListProducer
+
+    card = load_card(artifact)
+    _check_fits(card, recordings)
+    settings = load_settings(
+        None,
+        topics={"input": "evaluate", "output": "predictions", "create": False},
+        model={"artifact": str(artifact), "backend": backend, "device": device},
+        input={"format": "f32", "max_samples_per_message": 1},
+        entities={"max_entities": max(1_000, len(recordings)), "idle_ttl_s": 1e9},
+        batcher={"max_batch": 256, "max_wait_ms": 5},
+        metrics={"port": 0},
+    )
+    engine = open_engine(artifact, backend, device, max_batch=256)
+    svc = Service(settings, engine=engine, registry=CollectorRegistry(), card=card)
+    producer = ListProducer()
+    svc.wire(engine, producer)
+    svc.worker.start()
+    try:
+        for poll in _polls(recordings):
+            svc.ingest(poll)
+        svc.drain()
+    finally:
+        svc.worker.stop()
+        engine.close()
+    return [orjson.loads(r.value) for r in producer.on("predictions") if r.value is not None]
+
+
+def entity_of(index: int, name: str) -> str:
+    """The entity id a recording is replayed as."""
+    return f"{index:05d}-{name}"
+
+
+def evaluate(card: ModelCard, recordings: Recordings, predictions: list[dict[str, Any]]) -> Evaluation:
+    """Score ``predictions`` (from ``replay``) against the recordings' labels."""
+    index = {c: i for i, c in enumerate(card.labels)}
+    unknown = sorted(set(recordings.labels) - set(index))
+    if unknown:
+        raise DataError(f"labels {unknown} are not among the model's {card.labels}")
+    by_entity: dict[str, list[dict[str, Any]]] = {}
+    for p in predictions:
+        by_entity.setdefault(p["entity"], []).append(p)
+    k = len(card.labels)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    end_hits = 0
+    n_rec = 0
+    for i, (name, label) in enumerate(zip(recordings.names, recordings.labels, strict=True)):
+        hops = sorted(by_entity.get(entity_of(i, name), []), key=lambda p: p["seq"])
+        if not hops:
+            continue
+        truth = index[label]
+        predicted = np.asarray([int(np.argmax(p["scores"])) for p in hops])
+        np.add.at(confusion, (np.full(len(predicted), truth), predicted), 1)
+        end_hits += int(predicted[-1] == truth)
+        n_rec += 1
+    if n_rec == 0:
+        raise DataError("no recording is long enough for one window: nothing to evaluate")
+    n_hops = int(confusion.sum())
+    predicted_n = confusion.sum(axis=0)
+    true_n = confusion.sum(axis=1)
+    diag = np.diag(confusion)
+    per_class = [
+        ClassMetrics(
+            label,
+            float(diag[j] / predicted_n[j]) if predicted_n[j] else 0.0,
+            float(diag[j] / true_n[j]) if true_n[j] else 0.0,
+            int(true_n[j]),
+        )
+        for j, label in enumerate(card.labels)
+    ]
+    return Evaluation(
+        card.model_id,
+        n_rec,
+        n_hops,
+        float(diag.sum() / n_hops),
+        end_hits / n_rec,
+        list(card.labels),
+        confusion.tolist(),
+        per_class,
+    )
+
+
+def _check_fits(card: ModelCard, recordings: Recordings) -> None:
+    if card.kind != "sensor":
+        raise DataError(f"model {card.model_id} is a {card.kind} model: evaluate replays sensor recordings")
+    if not len(recordings):
+        raise DataError("no recordings to replay")
+    if recordings.n_channels != int(np.prod(card.sample_shape)):
+        raise DataError(
+            f"the recordings have {recordings.n_channels} channels; model {card.model_id} takes "
+            f"samples of shape {card.sample_shape}"
+        )
+
+
+def _polls(recordings: Recordings) -> list[list[_Record]]:
+    """Round-robin over recordings (sample i of each, then i + 1), cut into polls; offsets count
+    up as on one partition. f32 values with ``seq`` and ``ts`` headers."""
+    out: list[list[_Record]] = []
+    poll: list[_Record] = []
+    keys = [entity_of(i, n).encode() for i, n in enumerate(recordings.names)]
+    longest = max(len(v) for v in recordings.values)
+    offset = 0
+    for t in range(longest):
+        ts = b"%d" % (_TS0 + 10 * t)
+        seq = b"%d" % t
+        for key, values in zip(keys, recordings.values, strict=True):
+            if t < len(values):
+                value = np.ascontiguousarray(values[t], dtype="<f4").tobytes()
+                poll.append(_Record("evaluate", 0, offset, _TS0, key, value, [("seq", seq), ("ts", ts)]))
+                offset += 1
+                if len(poll) == _POLL:
+                    out.append(poll)
+                    poll = []
+    if poll:
+        out.append(poll)
+    return out
