@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -58,8 +58,23 @@ def train(
     data: Path | None = typer.Option(
         None, help="Your own dataset directory (docs/data-format.md); overrides --dataset."
     ),
-    window: int = typer.Option(20, min=1, help="W: samples per window (sensor models)."),
-    hop: int = typer.Option(10, min=1, help="k: samples between predictions, 1 <= k <= W."),
+    window: int | None = typer.Option(
+        None, min=1, help="W: samples per window (2 s of samples with --sample-rate, else 20)."
+    ),
+    hop: int | None = typer.Option(
+        None, min=1, help="k: samples between predictions, 1 <= k <= W (W/2 when omitted)."
+    ),
+    sample_rate: float | None = typer.Option(
+        None, "--sample-rate", min=0.001, help="Samples per second of the recordings (sets W and k defaults)."
+    ),
+    val_fraction: float = typer.Option(
+        0.2,
+        min=0.0,
+        max=0.9,
+        help="Training groups held out for validation: the best epoch is kept, early stopping (0: off).",
+    ),
+    patience: int = typer.Option(10, min=1, help="Epochs without a better validation loss before stopping."),
+    seeds: int = typer.Option(1, min=1, help="Train this many seeds; the card reports mean and spread."),
     epochs: int | None = typer.Option(
         None, min=1, help="Epochs (60 for sensor data, 30 for lfw when omitted)."
     ),
@@ -88,18 +103,26 @@ def train(
                 default_name = f"{data.resolve().name}-cnnlstm"
             else:
                 recs, default_name = datasets.basic_motions(), "basicmotions-cnnlstm"
-            card = training.train_sensor(
+                sample_rate = sample_rate or 10.0  # BasicMotions is sampled at 10 Hz
+            for note in recs.notes:
+                typer.echo(f"note: {note}", err=True)
+            w, k = _window_and_hop(window, hop, sample_rate)
+            card = training.train_sensor_seeds(
                 recs,
                 out,
+                seeds,
+                seed=seed,
                 name=name or default_name,
-                window=window,
-                hop=hop,
+                window=w,
+                hop=k,
                 epochs=epochs or 60,
                 hidden=hidden,
                 layers=layers,
                 lr=lr,
-                seed=seed,
                 progress=progress,
+                val_fraction=val_fraction,
+                patience=patience,
+                sample_rate_hz=sample_rate,
             )
         elif dataset == "lfw":
             card = training.train_frames(
@@ -119,8 +142,36 @@ def train(
             )
     except StreamInferError as exc:
         raise _fail(exc) from None
+    typer.echo(_summary(card, out))
+
+
+def _window_and_hop(window: int | None, hop: int | None, rate: float | None) -> tuple[int, int]:
+    """W and k as given, else 2 s of samples and half of that at ``rate`` (20 and 10 without one);
+    said on stderr so the choice is never silent."""
+    w = window or (max(1, round(2.0 * rate)) if rate else 20)
+    k = hop or max(1, w // 2)
+    if rate:
+        typer.echo(
+            f"window {w} samples ({w / rate:g} s at {rate:g} Hz), hop {k} samples ({k / rate:g} s)", err=True
+        )
+    else:
+        typer.echo(f"window {w} samples, hop {k} samples (no --sample-rate given)", err=True)
+    return w, k
+
+
+def _summary(card: Any, out: Path) -> str:
+    """The last line of ``train``, with or without a progress bar."""
     acc = ", ".join(f"{k}={v:.3f}" for k, v in card.accuracy.items() if isinstance(v, float))
-    typer.echo(f"{card.model_id} -> {out} (test accuracy: {acc})")
+    line = f"{card.model_id} -> {out} (test accuracy: {acc}"
+    if val := card.training.get("validation"):
+        line += f"; best epoch {val['best_epoch']} of {val['epochs_run']} by validation loss"
+    if seeds := card.training.get("seeds"):
+        ph, end = seeds["per_hop"], seeds["at_end"]
+        line += (
+            f"; {seeds['n']} seeds: per_hop {ph['mean']:.3f} ± {ph['std']:.3f}, "
+            f"at_end {end['mean']:.3f} ± {end['std']:.3f}, kept seed {seeds['chosen']} ({seeds['chosen_by']})"
+        )
+    return line + ")"
 
 
 @app.command()

@@ -41,6 +41,7 @@ class ModelCard:
     accuracy: dict[str, Any] = field(default_factory=dict)  # per_hop, at_end, split, n
     channels: list[str] = field(default_factory=list)  # optional channel names
     files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 (model/integrity.py)
+    sample_rate_hz: float | None = None  # samples per second of the training data, when given
 
     @property
     def input_shape(self) -> tuple[int, ...]:

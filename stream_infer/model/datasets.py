@@ -36,26 +36,35 @@ class Recordings:
     dataset: str = ""  # where it came from, for the model card
     split_rule: str = ""  # how the split was made, for the model card
     classes: list[str] = field(default_factory=list)  # sorted label set (the model's output order)
+    groups: list[str] = field(default_factory=list)  # [N] hold-out groups (--split-by; else names)
+    notes: list[str] = field(default_factory=list)  # what loading changed (a time column dropped)
 
     def __post_init__(self) -> None:
         if not self.classes:
             object.__setattr__(self, "classes", sorted(set(self.labels)))
+        if not self.groups:
+            object.__setattr__(self, "groups", list(self.names))
 
     def __len__(self) -> int:
         return len(self.values)
 
     def subset(self, split: str) -> Recordings:
         """Only the recordings of ``split``; ``classes`` is kept so label indices agree."""
-        keep = [i for i, s in enumerate(self.split) if s == split]
+        return self.select([i for i, s in enumerate(self.split) if s == split])
+
+    def select(self, keep: list[int], split: str | None = None) -> Recordings:
+        """The recordings at indices ``keep`` (relabelled ``split`` if given); classes kept."""
         return Recordings(
             [self.values[i] for i in keep],
             [self.labels[i] for i in keep],
             [self.names[i] for i in keep],
-            [split] * len(keep),
+            [split or self.split[i] for i in keep],
             self.channels,
             self.dataset,
             self.split_rule,
             self.classes,
+            [self.groups[i] for i in keep],
+            self.notes,
         )
 
     @property
@@ -183,18 +192,27 @@ def video_frames(
 
 
 def load_recordings(
-    directory: str | Path, split_by: str | None = None, test_fraction: float = 0.25, seed: int = 0
+    directory: str | Path,
+    split_by: str | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    force_split: str | None = None,
 ) -> Recordings:
     """Read a user dataset directory (format: ``docs/data-format.md``).
 
     ``labels.csv`` has columns ``recording,label`` and optionally ``split`` (train|test) and any
     grouping columns. Without ``split``, ``split_by`` names a column whose groups are held out
     together (e.g. subject); otherwise recordings are held out at random. The hold-out is
-    ``test_fraction`` of groups/recordings, seeded.
+    ``test_fraction`` of groups/recordings, seeded. A directory without ``labels.csv`` but with
+    ``train/`` and ``test/`` sub-folders (each a dataset of its own) is read as that split.
+    ``force_split`` puts every recording in one split. A column named like a time column
+    (``TIME_COLUMNS``) that never decreases is dropped, with a note in ``Recordings.notes``.
     """
     root = Path(directory)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory (expected recordings and {LABELS_FILE})")
+    if not (root / LABELS_FILE).is_file() and any((root / s / LABELS_FILE).is_file() for s in SPLITS):
+        return _load_split_folders(root, split_by)
     rows, columns = _read_labels(root / LABELS_FILE)
     if split_by is not None and split_by not in columns:
         raise DataError(
@@ -203,9 +221,10 @@ def load_recordings(
     values: list[np.ndarray] = []
     channels: list[str] | None = None
     first = ""
+    dropped: dict[str, None] = {}
     for row in rows:
         path = _recording_path(root, row["recording"])
-        arr, chans = _read_recording(path)
+        arr, chans = _drop_time_columns(path, *_read_recording(path), dropped)
         if channels is None:
             channels, first = chans, path.name
         elif len(chans) != len(channels):
@@ -216,18 +235,76 @@ def load_recordings(
     assert channels is not None
     labels = [r["label"] for r in rows]
     names = [Path(r["recording"]).stem for r in rows]
-    if "split" in columns:
+    notes = [
+        f"column {c!r} is a time column (named so, and increasing in every recording): dropped, not "
+        "trained on; producers must not send it either"
+        for c in dropped
+    ]
+    if force_split is not None:
+        split, rule = [force_split] * len(rows), f"{force_split}/ folder"
+    elif "split" in columns:
         split = [r["split"] for r in rows]
         rule = "split column of labels.csv"
     else:
         groups = [r[split_by] for r in rows] if split_by else names
-        split = _hold_out(groups, test_fraction, seed)
+        split = hold_out(groups, test_fraction, seed)
         rule = (
             f"seeded hold-out {test_fraction:g} of {split_by!r} groups (seed {seed})"
             if split_by
             else f"seeded hold-out {test_fraction:g} of recordings (seed {seed})"
         )
-    return Recordings(values, labels, names, split, channels, str(root), rule)
+    groups = [r[split_by] for r in rows] if split_by else names
+    # The directory's own name only: a model card never carries a local path.
+    return Recordings(values, labels, names, split, channels, root.resolve().name, rule, [], groups, notes)
+
+
+TIME_COLUMNS = ("t", "time", "timestamp", "ts")
+
+
+def _drop_time_columns(
+    path: Path, arr: np.ndarray, chans: list[str], dropped: dict[str, None]
+) -> tuple[np.ndarray, list[str]]:
+    """Remove a column named like a time column (``TIME_COLUMNS``, any case) that never
+    decreases; one so named that does decrease is an error rather than a guess."""
+    keep = []
+    for j, c in enumerate(chans):
+        if c.strip().lower() not in TIME_COLUMNS:
+            keep.append(j)
+            continue
+        if len(arr) > 1 and np.any(np.diff(arr[:, j]) < 0):
+            raise DataError(
+                f"{path}: column {c!r} is named like a time column but decreases: rename it if it "
+                "is a feature, or fix the recording's order"
+            )
+        dropped[c] = None
+    if len(keep) == len(chans):
+        return arr, chans
+    if not keep:
+        raise DataError(f"{path}: no channel besides the time column")
+    return np.ascontiguousarray(arr[:, keep]), [chans[j] for j in keep]
+
+
+def _load_split_folders(root: Path, split_by: str | None) -> Recordings:
+    """``root/train`` and ``root/test``, each a dataset directory of its own: the folder is the
+    split (a split column inside is ignored)."""
+    for s in SPLITS:
+        if not (root / s / LABELS_FILE).is_file():
+            raise DataError(f"{root}: no {s}/{LABELS_FILE} (train/ and test/ each need one)")
+    a, b = (load_recordings(root / s, split_by=split_by, force_split=s) for s in SPLITS)
+    if a.channels != b.channels:
+        raise DataError(f"{root}: train/ channels {a.channels} differ from test/ channels {b.channels}")
+    return Recordings(
+        a.values + b.values,
+        a.labels + b.labels,
+        [f"train/{n}" for n in a.names] + [f"test/{n}" for n in b.names],
+        a.split + b.split,
+        a.channels,
+        root.resolve().name,
+        "train/ and test/ folders",
+        [],
+        a.groups + b.groups,
+        list(dict.fromkeys(a.notes + b.notes)),
+    )
 
 
 def _read_labels(path: Path) -> tuple[list[dict[str, str]], list[str]]:
@@ -321,7 +398,7 @@ def _is_number(s: str) -> bool:
     return True
 
 
-def _hold_out(groups: list[str], test_fraction: float, seed: int) -> list[str]:
+def hold_out(groups: list[str], test_fraction: float, seed: int) -> list[str]:
     """Seeded: hold out ``ceil(test_fraction * n_groups)`` whole groups (at least one, never all)."""
     unique = sorted(set(groups))
     if len(unique) < 2:

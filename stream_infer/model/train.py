@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from stream_infer.errors import DataError
 from stream_infer.model.card import WEIGHTS_FILE, ModelCard
-from stream_infer.model.datasets import Frames, Recordings, hop_windows
+from stream_infer.model.datasets import Frames, Recordings, hold_out, hop_windows
 from stream_infer.model.net import CNNLSTM, FrameCNNLSTM, SensorCNNLSTM
 
 logger = logging.getLogger(__name__)
@@ -51,12 +51,25 @@ def train_sensor(
     bptt: int = 32,
     conv_channels: int = 32,
     export: bool = True,
+    val_fraction: float = 0.0,
+    patience: int = 10,
+    sample_rate_hz: float | None = None,
 ) -> ModelCard:
     """Train a :class:`SensorCNNLSTM` on the ``train`` split, evaluate on ``test``, write the
-    artifact (``model.json``, ``weights.pt``, ``model.onnx`` when ``export``) to ``out_dir``."""
+    artifact (``model.json``, ``weights.pt``, ``model.onnx`` when ``export``) to ``out_dir``.
+
+    ``val_fraction`` > 0 holds that fraction of the training groups out for validation: the
+    epoch with the lowest validation loss is kept, and training stops ``patience`` epochs after
+    it (early stopping). The test split is never looked at before the end."""
     if window < 1 or not 1 <= hop <= window:
         raise DataError(f"need window >= 1 and 1 <= hop <= window, got window={window} hop={hop}")
     train, test = recordings.subset("train"), recordings.subset("test")
+    val = train.select([])
+    if val_fraction > 0:
+        split = hold_out(train.groups, val_fraction, seed)
+        train, val = (
+            train.select([i for i, s in enumerate(split) if s == part], part) for part in ("train", "test")
+        )
     if len(train) == 0 or len(test) == 0:
         raise DataError(
             f"{recordings.dataset}: need train and test recordings, got "
@@ -88,7 +101,10 @@ def train_sensor(
         targets = np.array([label_idx[y] for y in train.labels])
         noise = 0.02 * std.astype(np.float32)
         bar = tqdm(range(epochs), desc=f"train {name}", disable=not progress, unit="epoch")
-        for _ in bar:
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val loss, epoch, weights)
+        epochs_run = 0
+        for epoch in bar:
+            epochs_run = epoch + 1
             model.train()
             losses = []
             for batch in _batches(rng.permutation(len(train)), batch_size):
@@ -101,9 +117,34 @@ def train_sensor(
                 xs, mask = _pad(seqs)
                 losses.append(_tbptt_step(model, opt, xs, mask, targets[batch], bptt))
                 sched.step()
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+            if len(val):
+                model.eval()
+                val_loss = _loss_sensor(model, val, window, hop, label_idx)
+                if best is None or val_loss < best[0]:
+                    best = (
+                        val_loss,
+                        epoch + 1,
+                        {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    )
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}", val=f"{val_loss:.3f}")
+                if epoch + 1 - best[1] >= patience:
+                    break
+            else:
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}")
         train_s = time.perf_counter() - started
         model.eval()
+        validation: dict[str, Any] = {}
+        if best is not None:
+            model.load_state_dict(best[2])
+            validation = {
+                "fraction": val_fraction,
+                "n_val": len(val),
+                "best_epoch": best[1],
+                "epochs_run": epochs_run,
+                "stopped_early": epochs_run < epochs,
+                "loss": round(best[0], 5),
+                "per_hop": _evaluate_sensor(model, val, window, hop, label_idx)["per_hop"],
+            }
         accuracy = _evaluate_sensor(model, test, window, hop, label_idx)
     accuracy["split"] = "test"
     card = ModelCard(
@@ -132,9 +173,65 @@ def train_sensor(
             "batch_size": batch_size,
             "bptt_hops": bptt,
             "train_s": round(train_s, 2),
+            **({"validation": validation} if validation else {}),
+            **({"notes": list(recordings.notes)} if recordings.notes else {}),
         },
+        sample_rate_hz=sample_rate_hz,
     )
     return _write_artifact(model, card, Path(out_dir), export)
+
+
+def train_sensor_seeds(
+    recordings: Recordings, out_dir: str | Path, seeds: int, seed: int = 0, export: bool = True, **kw: Any
+) -> ModelCard:
+    """Train ``seeds`` models (seeds ``seed``, ``seed + 1``, ...) and report the mean and spread
+    of their test accuracy in the card (``training.seeds``). The artifact is the seed with the
+    lowest validation loss; without a validation split, the first seed (picking by test accuracy
+    would make the reported figure optimistic)."""
+    import shutil
+    import tempfile
+
+    if seeds < 2:
+        return train_sensor(recordings, out_dir, seed=seed, export=export, **kw)
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="seeds-") as tmp:
+        cards = [
+            train_sensor(recordings, Path(tmp) / str(s), seed=s, export=False, **kw)
+            for s in range(seed, seed + seeds)
+        ]
+        chosen = min(range(seeds), key=lambda i: cards[i].training.get("validation", {}).get("loss", 0.0))
+        summary: dict[str, Any] = {
+            "n": seeds,
+            "seeds": [seed + i for i in range(seeds)],
+            "chosen": seed + chosen,
+            "chosen_by": "lowest validation loss" if "validation" in cards[0].training else "first seed",
+        }
+        for key in ("per_hop", "at_end"):
+            vals = np.array([c.accuracy[key] for c in cards], dtype=np.float64)
+            summary[key] = {"mean": round(float(vals.mean()), 5), "std": round(float(vals.std(ddof=1)), 5),
+                            "min": float(vals.min()), "max": float(vals.max()), "each": vals.tolist()}  # fmt: skip
+        card = dataclasses.replace(cards[chosen], training={**cards[chosen].training, "seeds": summary})
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(tmp) / str(seed + chosen) / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    card.save(out)
+    if export:
+        from stream_infer.model.export import export_onnx
+
+        export_onnx(out)
+    return card
+
+
+def _loss_sensor(model: CNNLSTM, recs: Recordings, window: int, hop: int, label_idx: dict[str, int]) -> float:
+    """Mean cross-entropy over every hop of ``recs`` (no augmentation, zero initial state)."""
+    total, n = 0.0, 0
+    with torch.inference_mode():
+        for values, label in zip(recs.values, recs.labels, strict=True):
+            xs = torch.from_numpy(hop_windows(values, window, hop))[None]
+            logits, _, _ = model.forward_sequence(xs)
+            target = torch.full((logits.shape[1],), label_idx[label], dtype=torch.int64)
+            total += float(nn.functional.cross_entropy(logits[0], target, reduction="sum"))
+            n += logits.shape[1]
+    return total / max(n, 1)
 
 
 def train_frames(
