@@ -159,6 +159,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.poll_gap = Histogram(
+            f"{p}_poll_gap_seconds",
+            "Time from the return of one poll to the start of the next: decoding, windowing, "
+            "back-pressure and checkpoints, during which nothing is fetched.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.messages = Counter(f"{p}_messages", "Kafka messages consumed.", registry=r)
         self.events = Counter(f"{p}_events", "Samples (events) decoded from valid messages.", registry=r)
         self.predictions = Counter(f"{p}_predictions", "Predictions published.", registry=r)

@@ -201,8 +201,12 @@ class Service:
         # (it restarts the join on every poll), and batching deadlines live in the worker.
         poll_ms = s.kafka.poll_timeout_ms
         clean = False
+        gap = self.metrics.poll_gap
+        polled_at: float | None = None
         try:
             while not self._stop.is_set():
+                if polled_at is not None:
+                    gap.observe(time.monotonic() - polled_at)
                 try:
                     polled = self.consumer.poll(timeout_ms=poll_ms)
                 except KafkaError as exc:  # broker away: the client reconnects with backoff
@@ -212,6 +216,7 @@ class Service:
                     logger.warning("poll failed, retrying: %s", exc)
                     time.sleep(0.5)
                     continue
+                polled_at = time.monotonic()
                 self.health.beat()
                 self._watch_group()
                 if self.checkpointer.rewind_pending:

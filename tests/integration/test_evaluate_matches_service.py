@@ -44,4 +44,7 @@ def test_predict_equals_the_service(
     )
     assert worst <= 1e-5, worst
     assert all(online[k]["label"] == offline[k]["label"] for k in offline)
+    # The poll loop's gaps are measured (scraped from the real endpoint) and short on average.
+    gaps = p.metric("stream_infer_poll_gap_seconds_count")
+    assert gaps > 0 and p.metric("stream_infer_poll_gap_seconds_sum") / gaps < 1.0
     assert p.terminate(30) == 0, p.log()
