@@ -491,3 +491,59 @@ def test_credentials_rotate_without_losing_or_repeating_a_prediction(
         )
         admin.close()
         _revoke_all(secured, f"User:{nxt}")
+
+
+def test_a_producer_with_only_its_own_acl_reaches_nothing_but_the_input(
+    secured: Secured, clean_acls, tmp_path: Path
+) -> None:
+    """The threat model's claim (docs/security.md): a producer allowed to write the input cannot
+    write the output, the changelog or the dead-letter topic, nor read anything."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import ACL, ACLOperation, ACLPermissionType, ResourcePattern, ResourceType
+    from kafka.errors import KafkaError
+
+    topic = _topic_for(secured, "threat")
+    admin = _admin(secured)
+    try:
+        admin.create_acls(
+            [
+                ACL(
+                    "User:producer",
+                    "*",
+                    ACLOperation.WRITE,
+                    ACLPermissionType.ALLOW,
+                    ResourcePattern(ResourceType.TOPIC, topic),
+                )
+            ]
+        )
+    finally:
+        admin.close()
+    time.sleep(1.0)
+    conn = {
+        "bootstrap_servers": secured.scram,
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "producer",
+        "sasl_plain_password": (secured.passwords / "producer.password").read_text().strip(),
+        "ssl_cafile": str(secured.tls / "ca.pem"),
+    }
+    producer = KafkaProducer(**conn, client_id=f"test-producer-{os.urandom(3).hex()}", max_block_ms=5000)
+    try:
+        producer.send(topic, key=b"e", value=b"anything at all").get(10)  # the input: allowed
+        for other in (f"{topic}.out", f"{topic}.dlq", f"g-{topic}.{topic}.state"):
+            with pytest.raises(KafkaError):
+                producer.send(other, key=b"e", value=b"forged").get(10)
+    finally:
+        producer.close(timeout=5)
+    consumer = KafkaConsumer(**conn, client_id=f"test-reader-{os.urandom(3).hex()}", group_id=None)
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        with pytest.raises(KafkaError):
+            for _ in range(20):
+                consumer.poll(timeout_ms=500)
+    finally:
+        consumer.close()
+    granted = _principal_acls(secured, "User:producer")
+    assert granted == {("TOPIC", topic, "LITERAL", "WRITE")}
+    _revoke_all(secured, "User:producer")
