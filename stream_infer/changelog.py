@@ -45,6 +45,7 @@ class EntityState:
     tail: np.ndarray  # [W, *sample_shape] float32
     h: np.ndarray  # [L, Hd] float32
     c: np.ndarray  # [L, Hd] float32
+    model_id: str = ""  # the model that wrote it (set by ``decode``)
 
 
 def encode(model_id: str, state: EntityState) -> bytes:
@@ -90,9 +91,15 @@ def encode_many(
 
 
 def decode(
-    value: bytes, model_id: str, window: int, sample_shape: tuple[int, ...], state_shape: tuple[int, int]
+    value: bytes,
+    model_id: str,
+    window: int,
+    sample_shape: tuple[int, ...],
+    state_shape: tuple[int, int],
+    any_model: bool = False,
 ) -> EntityState:
-    """Parse one value; raise ``StateError`` if it is corrupt or from another model or shape."""
+    """Parse one value; raise ``StateError`` if it is corrupt, of another shape, or (unless
+    ``any_model``: a model upgrade with the same state contract) from another model."""
     try:
         magic, ver, fresh, id_len, last_seq, event_ms, count, w = _HEAD.unpack_from(value, 0)
         off = _HEAD.size
@@ -109,8 +116,11 @@ def decode(
         off += id_len
     except (struct.error, UnicodeDecodeError) as exc:
         raise StateError(f"corrupt state record: {exc}") from None
-    if mid != model_id:
-        raise StateError(f"state written by model {mid}, serving {model_id}")
+    if mid != model_id and not any_model:
+        raise StateError(
+            f"state written by model {mid}, serving {model_id} (model.keep_state_on_upgrade keeps "
+            "state of the same contract)"
+        )
     if w != window or tuple(dims) != tuple(sample_shape) or (layers, hidden) != tuple(state_shape):
         raise StateError("state shapes do not match the model")
     n_tail = w * int(np.prod(dims))
@@ -126,6 +136,7 @@ def decode(
         arr[:n_tail].reshape(w, *dims),
         arr[n_tail : n_tail + n_state].reshape(layers, hidden),
         arr[n_tail + n_state :].reshape(layers, hidden),
+        mid,
     )
 
 

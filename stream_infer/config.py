@@ -228,6 +228,10 @@ class ModelSettings(_Section):
     # SHA-256 of the artifact's model.json (`serve --check` prints it): any other card is
     # refused at start, and the card's own file digests then pin every model file.
     card_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    # Restore entity state written by another model (an earlier version of this one) when its
+    # state contract is this model's: window, sample shape and state shapes (the changelog
+    # records them; the hop must match too). Off: such state is dropped and entities restart.
+    keep_state_on_upgrade: bool = False
 
 
 class InputSettings(_Section):

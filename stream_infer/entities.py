@@ -40,6 +40,7 @@ class ModelShape:
     hop: int
     sample_shape: tuple[int, ...]
     state_shape: tuple[int, int]  # (L, Hd)
+    keep_state_on_upgrade: bool = False  # restore another model's state of the same contract
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class Restored:
     restored: int
     not_restorable: int  # records of another model version or unreadable: the entity restarts
     evicted: int  # entities evicted to make room while restoring
+    upgraded: int = 0  # of ``restored``: written by another model (keep_state_on_upgrade)
 
 
 class EntityStore:
@@ -188,16 +190,19 @@ class EntityStore:
     def restore(self, latest: Mapping[bytes, tuple[int, bytes | None]], now_s: float) -> Restored:
         """Load changelog records (key -> (partition, value); ``None`` is a tombstone).
 
-        Records of another model version, or unreadable ones, are skipped: those entities
-        restart from zero. When the store is full, the least recently seen tenth is evicted."""
+        Records of another model version (unless ``keep_state_on_upgrade`` and the contract is
+        the same), or unreadable ones, are skipped: those entities restart from zero. When the
+        store is full, the least recently seen tenth is evicted."""
         m = self.model
-        restored = skipped = evicted = 0
+        restored = skipped = evicted = upgraded = 0
         for key, (part, value) in latest.items():
             if value is None:
                 continue
             entity = key.decode("utf-8", "replace")
             try:
-                st = changelog.decode(value, m.model_id, m.window, m.sample_shape, m.state_shape)
+                st = changelog.decode(
+                    value, m.model_id, m.window, m.sample_shape, m.state_shape, m.keep_state_on_upgrade
+                )
             except StateError as exc:
                 skipped += 1
                 logger.info("not restoring %s: %s", entity, exc)
@@ -214,4 +219,5 @@ class EntityStore:
             w.fresh[s] = st.fresh
             self.slab.write(np.asarray([s]), st.h[:, None, :], st.c[:, None, :])
             restored += 1
-        return Restored(restored, skipped, evicted)
+            upgraded += st.model_id != m.model_id
+        return Restored(restored, skipped, evicted, upgraded)

@@ -79,6 +79,7 @@ class Service:
             card.hop,
             tuple(card.sample_shape),
             (int(card.state_shape[0]), int(card.state_shape[1])),
+            settings.model.keep_state_on_upgrade,
         )
         for note in settings.kafka.insecure():
             logger.warning(note)
@@ -473,6 +474,11 @@ class Service:
             m.evicted.labels("lru").inc(r.evicted)
         m.restored.inc(r.restored)
         m.active_entities.set(len(self.store))
+        if r.upgraded:
+            logger.info(
+                "restored %d entities from state another model wrote (model.keep_state_on_upgrade)",
+                r.upgraded,
+            )
         return r.restored
 
 

@@ -102,6 +102,24 @@ def test_state_of_another_model_is_not_restored() -> None:
     assert other.restore(recs, now_s=0.0).not_restorable == 1 and len(other) == 0
 
 
+def test_an_upgrade_keeps_state_of_the_same_contract_only_when_asked() -> None:
+    st = store(4)
+    st.push(batch(["a"] * 5, list(range(5))), now_s=0.0)
+    slot = np.asarray([st.slots.lookup("a")])
+    st.slab.scatter(slot, np.full((1, 1, 4), 0.5, np.float32), np.full((1, 1, 4), -0.5, np.float32))
+    recs = {k: (p, v) for k, v, p in st.snapshot_dirty()}
+    upgraded = EntityStore(4, ModelShape("m@2", W, K, (F,), (1, 4), True), NumpyStateSlab(4, 1, 4), 100)
+    r = upgraded.restore(recs, now_s=0.0)
+    assert (r.restored, r.upgraded, r.not_restorable) == (1, 1, 0)
+    s1 = np.asarray([upgraded.slots.lookup("a")])
+    h, c = upgraded.slab.read(s1)
+    np.testing.assert_array_equal(h, np.full((1, 1, 4), 0.5)) and np.testing.assert_array_equal(c, -h)
+    assert upgraded.windows.last_seq[s1[0]] == 4 and upgraded.windows.count[s1[0]] == 5
+    # Another contract (a different hidden size) is never restored, asked or not.
+    wider = EntityStore(4, ModelShape("m@3", W, K, (F,), (1, 8), True), NumpyStateSlab(4, 1, 8), 100)
+    assert wider.restore(recs, now_s=0.0).not_restorable == 1 and len(wider) == 0
+
+
 def test_dropped_partitions_leave_no_tombstones() -> None:
     st = store(4)
     b = batch(["a", "b"])
