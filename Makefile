@@ -31,7 +31,7 @@ kafka-start: install
 kafka-stop:
 	deploy/local/kafka.sh stop
 
-LINT_PATHS := stream_infer engines benchmarks tests deploy/tools
+LINT_PATHS := stream_infer engines benchmarks tests deploy/tools examples
 
 lint: install
 	$(BIN)/ruff check $(LINT_PATHS)

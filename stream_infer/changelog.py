@@ -1,6 +1,8 @@
 """The state changelog: one compacted record per entity, partitioned like the input.
 
-Value format, version 1 (little-endian), documented in docs/state-changelog.md::
+Value formats (little-endian), documented in docs/state-changelog.md. Version 1, written for
+the (h, c) pair of an LSTM (the CNN-LSTM this project trains, and any imported graph whose state
+is exactly that pair)::
 
     magic     4s    b"SIST"
     version   u8    1
@@ -18,8 +20,17 @@ Value format, version 1 (little-endian), documented in docs/state-changelog.md::
     tail      f32   [W, *sample_shape]  the last W samples
     h, c      f32   [L, Hd] each
 
-A tombstone (null value) deletes an entity (evicted or expired). State written by another
-model id is not restored: the entity restarts from zero (counted as a reset).
+Version 2, for any other state contract: the same up to ``dims``, then::
+
+    n_states  u8    number of state tensors
+    per state: rank u8, dims u32 * rank   (per entity, no batch axis)
+    model_id  bytes
+    tail      f32   [W, *sample_shape]
+    states    f32   each state tensor in turn, C order
+
+Readers accept both. A tombstone (null value) deletes an entity (evicted or expired). State
+written by another model id is not restored (unless the caller allows it: a model upgrade with
+the same state contract); the entity restarts from zero (counted as a reset).
 """
 
 from __future__ import annotations
@@ -29,10 +40,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stream_infer.contract import StateSpec, is_lstm_pair, lstm_states
 from stream_infer.errors import StateError
 
 MAGIC = b"SIST"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this code reads and writes; 1 is still written for LSTM pairs
 _HEAD = struct.Struct("<4sBBHqqqI")
 
 
@@ -43,17 +55,35 @@ class EntityState:
     count: int
     fresh: bool
     tail: np.ndarray  # [W, *sample_shape] float32
-    h: np.ndarray  # [L, Hd] float32
-    c: np.ndarray  # [L, Hd] float32
+    states: tuple[np.ndarray, ...]  # one per state tensor, per-entity shape (no batch axis)
     model_id: str = ""  # the model that wrote it (set by ``decode``)
 
+    @property
+    def h(self) -> np.ndarray:
+        return self.states[0]
 
-def encode(model_id: str, state: EntityState) -> bytes:
+    @property
+    def c(self) -> np.ndarray:
+        return self.states[1]
+
+
+def _specs(states: tuple[StateSpec, ...] | tuple[int, ...]) -> tuple[StateSpec, ...]:
+    """Specs as given, or the LSTM pair of an (L, Hd) shape."""
+    specs = tuple(s for s in states if isinstance(s, StateSpec))
+    if specs:
+        return specs
+    layers, hidden = (int(d) for d in states if isinstance(d, int))
+    return lstm_states(layers, hidden)
+
+
+def encode(model_id: str, state: EntityState, specs: tuple[StateSpec, ...] | None = None) -> bytes:
     mid = model_id.encode()
     shape = state.tail.shape
+    specs = specs if specs is not None else lstm_states(*state.states[0].shape)
+    version = 1 if is_lstm_pair(specs) else 2
     head = _HEAD.pack(
         MAGIC,
-        FORMAT_VERSION,
+        version,
         int(state.fresh),
         len(mid),
         state.last_seq,
@@ -62,8 +92,13 @@ def encode(model_id: str, state: EntityState) -> bytes:
         shape[0],
     )
     dims = struct.pack(f"<B{len(shape) - 1}I", len(shape) - 1, *shape[1:])
-    lh = struct.pack("<HI", *state.h.shape)
-    return b"".join((head, dims, lh, mid, _f32(state.tail), _f32(state.h), _f32(state.c)))
+    if version == 1:
+        layout = struct.pack("<HI", *specs[0].shape)
+    else:
+        layout = struct.pack("<B", len(specs)) + b"".join(
+            struct.pack(f"<B{len(s.shape)}I", len(s.shape), *s.shape) for s in specs
+        )
+    return b"".join((head, dims, layout, mid, _f32(state.tail), *(_f32(a) for a in state.states)))
 
 
 def encode_many(
@@ -73,18 +108,27 @@ def encode_many(
     count: np.ndarray,
     fresh: np.ndarray,
     tail: np.ndarray,
-    h: np.ndarray,
-    c: np.ndarray,
+    *states: np.ndarray,
+    specs: tuple[StateSpec, ...] | None = None,
 ) -> list[bytes]:
-    """Values for B entities: tail [B, W, *shape], h/c [L, B, Hd] (as the slab lays them out)."""
-    hb = np.ascontiguousarray(h.transpose(1, 0, 2))
-    cb = np.ascontiguousarray(c.transpose(1, 0, 2))
+    """Values for B entities: tail [B, W, *shape], each state in the graph's layout (batch on its
+    ``batch_axis``, as the slab reads it; an LSTM's h and c are [L, B, Hd])."""
+    specs = specs if specs is not None else lstm_states(states[0].shape[0], states[-1].shape[2])
+    batch_first = [
+        np.ascontiguousarray(np.moveaxis(a, s.batch_axis, 0)) for a, s in zip(states, specs, strict=True)
+    ]
     return [
         encode(
             model_id,
             EntityState(
-                int(last_seq[i]), int(event_ms[i]), int(count[i]), bool(fresh[i]), tail[i], hb[i], cb[i]
+                int(last_seq[i]),
+                int(event_ms[i]),
+                int(count[i]),
+                bool(fresh[i]),
+                tail[i],
+                tuple(a[i] for a in batch_first),
             ),
+            specs,
         )
         for i in range(len(last_seq))
     ]
@@ -95,23 +139,35 @@ def decode(
     model_id: str,
     window: int,
     sample_shape: tuple[int, ...],
-    state_shape: tuple[int, int],
+    states: tuple[StateSpec, ...] | tuple[int, ...],
     any_model: bool = False,
 ) -> EntityState:
     """Parse one value; raise ``StateError`` if it is corrupt, of another shape, or (unless
-    ``any_model``: a model upgrade with the same state contract) from another model."""
+    ``any_model``: a model upgrade with the same state contract) from another model. ``states``:
+    the served model's state pairs (or the (L, Hd) of an LSTM pair)."""
+    specs = _specs(states)
     try:
         magic, ver, fresh, id_len, last_seq, event_ms, count, w = _HEAD.unpack_from(value, 0)
         off = _HEAD.size
         if magic != MAGIC:
             raise StateError("not a stream-infer state record")
-        if ver != FORMAT_VERSION:
+        if ver not in (1, 2):
             raise StateError(f"state format version {ver} is not supported")
         (ndim,) = struct.unpack_from("<B", value, off)
         dims = struct.unpack_from(f"<{ndim}I", value, off + 1)
         off += 1 + 4 * ndim
-        layers, hidden = struct.unpack_from("<HI", value, off)
-        off += 6
+        if ver == 1:
+            layers, hidden = struct.unpack_from("<HI", value, off)
+            off += 6
+            shapes = [(layers, hidden), (layers, hidden)]
+        else:
+            (n,) = struct.unpack_from("<B", value, off)
+            off += 1
+            shapes = []
+            for _ in range(n):
+                (rank,) = struct.unpack_from("<B", value, off)
+                shapes.append(tuple(struct.unpack_from(f"<{rank}I", value, off + 1)))
+                off += 1 + 4 * rank
         mid = bytes(value[off : off + id_len]).decode()
         off += id_len
     except (struct.error, UnicodeDecodeError) as exc:
@@ -121,22 +177,23 @@ def decode(
             f"state written by model {mid}, serving {model_id} (model.keep_state_on_upgrade keeps "
             "state of the same contract)"
         )
-    if w != window or tuple(dims) != tuple(sample_shape) or (layers, hidden) != tuple(state_shape):
+    if (
+        w != window
+        or tuple(dims) != tuple(sample_shape)
+        or [tuple(s) for s in shapes] != [s.shape for s in specs]
+    ):
         raise StateError("state shapes do not match the model")
     n_tail = w * int(np.prod(dims))
-    n_state = layers * hidden
+    sizes = [s.size for s in specs]
     arr = np.frombuffer(value, dtype="<f4", offset=off)
-    if arr.size != n_tail + 2 * n_state:
+    if arr.size != n_tail + sum(sizes):
         raise StateError("state record has the wrong length")
+    out, at = [], n_tail
+    for s, n in zip(specs, sizes, strict=True):
+        out.append(arr[at : at + n].reshape(s.shape))
+        at += n
     return EntityState(
-        last_seq,
-        event_ms,
-        count,
-        bool(fresh),
-        arr[:n_tail].reshape(w, *dims),
-        arr[n_tail : n_tail + n_state].reshape(layers, hidden),
-        arr[n_tail + n_state :].reshape(layers, hidden),
-        mid,
+        last_seq, event_ms, count, bool(fresh), arr[:n_tail].reshape(w, *dims), tuple(out), mid
     )
 
 

@@ -191,6 +191,26 @@ def export(
     )
 
 
+@app.command("import")
+def import_(
+    model: Path = typer.Argument(..., help="Your ONNX graph: (window, *states) -> (head, *next states)."),
+    card: Path = typer.Option(
+        ..., "--card", help="YAML card: names, shapes, state pairs (docs/model-contract.md)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Artifact directory to write."),
+) -> None:
+    """Check an ONNX graph with explicit state against the model contract and write an artifact."""
+    from stream_infer.errors import StreamInferError
+    from stream_infer.model.importer import import_onnx, read_card
+
+    try:
+        result = import_onnx(model, read_card(card), out)
+    except StreamInferError as exc:
+        raise _fail(exc) from None
+    pairs = ", ".join(f"{s.input}->{s.output} {list(s.shape)}" for s in result.states)
+    typer.echo(f"{result.model_id} -> {out} (state: {pairs}; checked and dry-run on zeros)")
+
+
 @app.command("build-engine")
 def build_engine(
     artifact: Path = typer.Argument(..., help="Artifact directory with model.onnx."),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_infer import changelog
+from stream_infer.contract import StateSpec, lstm_states
 from stream_infer.errors import StateError
 from stream_infer.records import SampleBatch, WindowBatch
 from stream_infer.slots import SlotTable
@@ -39,8 +40,13 @@ class ModelShape:
     window: int
     hop: int
     sample_shape: tuple[int, ...]
-    state_shape: tuple[int, int]  # (L, Hd)
+    state_shape: tuple[int, ...]  # (L, Hd) of an LSTM pair; () when ``states`` is given
     keep_state_on_upgrade: bool = False  # restore another model's state of the same contract
+    states: tuple[StateSpec, ...] = ()  # the contract's state pairs (default: the LSTM pair)
+
+    def __post_init__(self) -> None:
+        if not self.states:
+            object.__setattr__(self, "states", lstm_states(*self.state_shape))
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +174,6 @@ class EntityStore:
             return out
         self.dirty[slots] = False
         w = self.windows
-        h, c = self.slab.read(slots)
         values = changelog.encode_many(
             self.model.model_id,
             w.last_seq[slots],
@@ -176,8 +181,8 @@ class EntityStore:
             w.count[slots],
             w.fresh[slots],
             w.tail[slots],
-            h,
-            c,
+            *self.slab.read(slots),
+            specs=self.model.states,
         )
         ents = self.slots.entity
         parts = self.slots.partition[slots].tolist()
@@ -201,7 +206,7 @@ class EntityStore:
             entity = key.decode("utf-8", "replace")
             try:
                 st = changelog.decode(
-                    value, m.model_id, m.window, m.sample_shape, m.state_shape, m.keep_state_on_upgrade
+                    value, m.model_id, m.window, m.sample_shape, m.states, m.keep_state_on_upgrade
                 )
             except StateError as exc:
                 skipped += 1
@@ -217,7 +222,10 @@ class EntityStore:
             w.last_seq[s] = st.last_seq
             w.last_event_ms[s] = st.event_ms
             w.fresh[s] = st.fresh
-            self.slab.write(np.asarray([s]), st.h[:, None, :], st.c[:, None, :])
+            self.slab.write(
+                np.asarray([s]),
+                *(np.expand_dims(a, spec.batch_axis) for a, spec in zip(st.states, m.states, strict=True)),
+            )
             restored += 1
             upgraded += st.model_id != m.model_id
         return Restored(restored, skipped, evicted, upgraded)

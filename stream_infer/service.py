@@ -78,8 +78,9 @@ class Service:
             card.window,
             card.hop,
             tuple(card.sample_shape),
-            (int(card.state_shape[0]), int(card.state_shape[1])),
+            tuple(card.state_shape),
             settings.model.keep_state_on_upgrade,
+            card.states,
         )
         for note in settings.kafka.insecure():
             logger.warning(note)
@@ -138,9 +139,8 @@ class Service:
         ``testing.ListProducer`` to run the ingest path in-process."""
         s = self.settings
         self.engine = engine
-        L, hd = self.card.state_shape
         ent = s.entities
-        slab = make_state_slab(engine.spec.device, ent.max_entities, L, hd)
+        slab = make_state_slab(engine.spec.device, ent.max_entities, engine.spec.states)
         self.store = EntityStore(ent.max_entities, self.model_shape, slab, ent.max_seq_gap)
         self.sink = Sink(
             producer,

@@ -1,9 +1,11 @@
-"""Per-entity LSTM state in slot-indexed slabs.
+"""Per-entity carried state in slot-indexed slabs.
 
-``h`` and ``c`` are ``[L, S, Hd]`` slabs (S = slot capacity). The batch of a step is gathered
-from them by slot before the engine call and scattered back after, so the engine itself never
-holds per-entity data. The numpy store serves CPU engines; CUDA engines use the torch store in
-``stream_infer.backends.cuda_state`` with the same methods, keeping the slab on the GPU.
+One slab per state tensor of the model contract (``contract.StateSpec``), each stored
+batch-first, ``[S, *shape]`` (S = slot capacity). The batch of a step is gathered from them by
+slot before the engine call, with the batch axis moved to where the graph takes it (``[L, B, Hd]``
+for an LSTM's h and c), and scattered back after, so the engine itself never holds per-entity
+data. The numpy store serves CPU engines; CUDA engines use the torch store in
+``stream_infer.backends.cuda_state`` with the same methods, keeping the slabs on the GPU.
 
 Thread-safety: owned by the engine thread; other threads touch it only while the pipeline is
 drained (at a checkpoint or rebalance).
@@ -16,68 +18,73 @@ from typing import Protocol
 import numpy as np
 
 from stream_infer.backends.base import Array
+from stream_infer.contract import StateSpec, lstm_states
 
 
 class StateSlab(Protocol):
     """What the pipeline needs from a state store, whatever device holds it."""
 
     capacity: int
-    layers: int
-    hidden: int
+    states: tuple[StateSpec, ...]
 
-    def gather(self, slots: np.ndarray) -> tuple[Array, Array]:
-        """Rows for ``slots`` [B] as (h, c) [L, B, Hd] on the engine's device (copies)."""
+    def gather(self, slots: np.ndarray) -> tuple[Array, ...]:
+        """Rows for ``slots`` [B], one tensor per state in the graph's layout, on the engine's
+        device (copies)."""
         ...
 
-    def scatter(self, slots: np.ndarray, h: Array, c: Array) -> None:
-        """Write (h, c) [L, B, Hd] back to ``slots`` [B]; slots in one call are distinct."""
+    def scatter(self, slots: np.ndarray, *values: Array) -> None:
+        """Write one tensor per state (graph layout) back to ``slots``; slots in one call are distinct."""
         ...
 
     def zero(self, slots: np.ndarray) -> None:
         """Reset rows to the zero state (new entity, reset after a gap, eviction)."""
         ...
 
-    def read(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Host copies [L, B, Hd] float32, for changelog snapshots."""
+    def read(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Host float32 copies in the graph's layout, for changelog snapshots."""
         ...
 
-    def write(self, slots: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-        """Load host rows [L, B, Hd], for restores from the changelog."""
+    def write(self, slots: np.ndarray, *values: np.ndarray) -> None:
+        """Load host tensors (graph layout), for restores from the changelog."""
         ...
 
 
 class NumpyStateSlab:
-    """Host-memory slab for CPU engines."""
+    """Host-memory slabs for CPU engines. ``NumpyStateSlab(capacity, layers, hidden)`` is the
+    (h, c) pair of an LSTM; ``states=`` any other contract."""
 
-    def __init__(self, capacity: int, layers: int, hidden: int) -> None:
+    def __init__(
+        self, capacity: int, layers: int = 0, hidden: int = 0, states: tuple[StateSpec, ...] | None = None
+    ) -> None:
         self.capacity = capacity
-        self.layers = layers
-        self.hidden = hidden
-        self.h = np.zeros((layers, capacity, hidden), dtype=np.float32)
-        self.c = np.zeros((layers, capacity, hidden), dtype=np.float32)
+        self.states = states if states is not None else lstm_states(layers, hidden)
+        self.slabs = [np.zeros((capacity, *s.shape), dtype=np.float32) for s in self.states]
 
-    def gather(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (np.ascontiguousarray(self.h[:, slots]), np.ascontiguousarray(self.c[:, slots]))
+    def gather(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(
+            np.ascontiguousarray(np.moveaxis(slab[slots], 0, s.batch_axis))
+            for slab, s in zip(self.slabs, self.states, strict=True)
+        )
 
-    def scatter(self, slots: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-        self.h[:, slots] = h
-        self.c[:, slots] = c
+    def scatter(self, slots: np.ndarray, *values: np.ndarray) -> None:
+        for slab, s, v in zip(self.slabs, self.states, values, strict=True):
+            slab[slots] = np.moveaxis(np.asarray(v), s.batch_axis, 0)
 
     def zero(self, slots: np.ndarray) -> None:
-        self.h[:, slots] = 0.0
-        self.c[:, slots] = 0.0
+        for slab in self.slabs:
+            slab[slots] = 0.0
 
-    def read(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.gather(slots)
 
-    def write(self, slots: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-        self.scatter(slots, h, c)
+    def write(self, slots: np.ndarray, *values: np.ndarray) -> None:
+        self.scatter(slots, *values)
 
 
-def make_state_slab(device: str, capacity: int, layers: int, hidden: int) -> StateSlab:
+def make_state_slab(device: str, capacity: int, states: tuple[StateSpec, ...]) -> StateSlab:
     """The slab that matches an engine's device: host numpy for "cpu", torch on "cuda:N"."""
     if device.startswith("cuda"):
         from stream_infer.backends.cuda_state import CudaStateSlab
 
-        return CudaStateSlab(device, capacity, layers, hidden)
-    return NumpyStateSlab(capacity, layers, hidden)
+        return CudaStateSlab(device, capacity, states=states)
+    return NumpyStateSlab(capacity, states=states)

@@ -164,11 +164,11 @@ class InferenceWorker(threading.Thread):
         slots = chunk.slots
         if chunk.fresh.any():
             self.slab.zero(slots[chunk.fresh])
-        h, c = self.slab.gather(slots)
+        states = self.slab.gather(slots)
         x = chunk.x.reshape(len(chunk), *self._input_shape)
         t0 = time.perf_counter()
         try:
-            y, hn, cn = self._infer(x, h, c)
+            y, *nxt = self._infer(x, *states)
         except Exception as exc:
             self.metrics.engine_errors.inc()
             if retry:
@@ -189,19 +189,19 @@ class InferenceWorker(threading.Thread):
             kept = [o[0] for o in outs if o is not None]
             return (np.concatenate(kept),) if kept else None
         self.metrics.engine_time.observe(time.perf_counter() - t0)
-        self.slab.scatter(slots, hn, cn)
+        self.slab.scatter(slots, *nxt)
         emit_ms = self.sink.publish(chunk, y)
         self.metrics.event_to_publish.observe_many((emit_ms - chunk.event_ms) / 1000.0)
         return (y,)
 
-    def _infer(self, x: np.ndarray, h: Any, c: Any) -> tuple[np.ndarray, Any, Any]:
+    def _infer(self, x: np.ndarray, *states: Any) -> tuple[Any, ...]:
         if not self._cuda:
-            y, hn, cn = self.engine.infer(x, h, c)
+            y, *nxt = self.engine.infer(x, *states)
             if not (np.isfinite(y).all()):
                 raise EngineError("engine produced non-finite outputs")
-            return y, hn, cn
+            return (y, *nxt)
         import torch
 
         xt = torch.from_numpy(x).to(self.engine.spec.device, non_blocking=True)
-        y, hn, cn = self.engine.infer(xt, h, c)
-        return y.float().cpu().numpy(), hn, cn
+        y, *nxt = self.engine.infer(xt, *states)
+        return (y.float().cpu().numpy(), *nxt)

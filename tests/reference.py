@@ -20,3 +20,14 @@ def hop_by_hop(engine: Engine, card: ModelCard, values: np.ndarray) -> np.ndarra
         y, h, c = engine.infer(w.reshape(1, *card.input_shape).astype(np.float32), h, c)
         out.append(y[0])
     return np.asarray(out, dtype=np.float32).reshape(len(out), -1)
+
+
+def hop_by_hop_any(engine: Engine, card: ModelCard, values: np.ndarray) -> np.ndarray:
+    """``hop_by_hop`` for any state contract: every state pair of the card carried from zero."""
+    states = [np.zeros(s.batched(1), np.float32) for s in card.states]
+    windows = values[:, None] if card.kind == "frame" else hop_windows(values, card.window, card.hop)
+    out = []
+    for w in windows:
+        y, *states = engine.infer(w.reshape(1, *card.input_shape).astype(np.float32), *states)
+        out.append(y[0])
+    return np.asarray(out, dtype=np.float32).reshape(len(out), -1)

@@ -41,18 +41,16 @@ def dry_run(engine: Engine) -> np.ndarray:
     runs, not at the first window. Returns ``y`` [1, K] on the host; ``EngineError`` if it fails
     or gives non-finite outputs."""
     spec = engine.spec
-    layers, hidden = spec.state_shape
     x = np.zeros((1, *spec.input_shape), np.float32)
-    h = np.zeros((layers, 1, hidden), np.float32)
+    states = [np.zeros(st.batched(1), np.float32) for st in spec.states]
     try:
         if spec.device.startswith("cuda"):
             import torch
 
-            xt, ht = (torch.from_numpy(a).to(spec.device) for a in (x, h))
-            yt, _, _ = engine.infer(xt, ht, ht.clone())
+            yt, *_ = engine.infer(*(torch.from_numpy(a).to(spec.device) for a in (x, *states)))
             y = yt.float().cpu().numpy()
         else:
-            y, _, _ = engine.infer(x, h, h.copy())
+            y, *_ = engine.infer(x, *states)
     except StreamInferError:
         raise
     except Exception as exc:
@@ -75,9 +73,14 @@ def open_engine(
     """Verify the artifact (the pinned card digest, the digests of the files this backend
     loads), ``load_engine``, then ``dry_run``; a model file that cannot be opened or verified
     is a ``ModelError``."""
-    from stream_infer.model.card import ONNX_FILE, WEIGHTS_FILE
+    from stream_infer.model.card import ONNX_FILE, WEIGHTS_FILE, load_card
     from stream_infer.model.integrity import verify
 
+    if backend != "onnxruntime" and load_card(artifact).state:
+        raise ModelError(
+            f"{artifact}: an imported graph (state pairs in its card): the {backend} backend serves "
+            "the CNN-LSTM's (h, c) contract only; serve it with onnxruntime"
+        )
     verify(artifact, (WEIGHTS_FILE,) if backend == "torch" else (ONNX_FILE,), card_sha256)
     try:
         engine = load_engine(artifact, backend, device, max_batch=max_batch)

@@ -1,8 +1,9 @@
-"""Per-entity LSTM state kept on the GPU for CUDA engines (same methods as ``NumpyStateSlab``).
+"""Per-entity carried state kept on the GPU for CUDA engines (same methods as ``NumpyStateSlab``).
 
-Slabs are ``[L, S, Hd]`` float32 torch tensors; a step gathers rows by slot with
-``index_select`` and scatters them back with ``index_copy_``, so (h, c) never cross PCIe on the
-hot path. Only snapshots (``read``) and restores (``write``) touch the host.
+One batch-first ``[S, *shape]`` float32 torch tensor per state; a step gathers rows by slot with
+``index_select`` (then moves the batch axis where the graph takes it) and scatters them back
+with ``index_copy_``, so state never crosses PCIe on the hot path. Only snapshots (``read``) and
+restores (``write``) touch the host.
 """
 
 from __future__ import annotations
@@ -10,43 +11,50 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stream_infer.contract import StateSpec, lstm_states
+
 
 class CudaStateSlab:
-    def __init__(self, device: str, capacity: int, layers: int, hidden: int) -> None:
+    def __init__(
+        self,
+        device: str,
+        capacity: int,
+        layers: int = 0,
+        hidden: int = 0,
+        states: tuple[StateSpec, ...] | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.capacity = capacity
-        self.layers = layers
-        self.hidden = hidden
-        self.h = torch.zeros(layers, capacity, hidden, dtype=torch.float32, device=self.device)
-        self.c = torch.zeros(layers, capacity, hidden, dtype=torch.float32, device=self.device)
+        self.states = states if states is not None else lstm_states(layers, hidden)
+        self.slabs = [
+            torch.zeros(capacity, *s.shape, dtype=torch.float32, device=self.device) for s in self.states
+        ]
 
     def _index(self, slots: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int64)).to(
             self.device, non_blocking=True
         )
 
-    def gather(self, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h, c) [L, B, Hd] on the device, copies of the rows for ``slots``."""
+    def gather(self, slots: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """One tensor per state in the graph's layout, on the device (copies of the rows)."""
         idx = self._index(slots)
-        return self.h.index_select(1, idx), self.c.index_select(1, idx)
+        return tuple(
+            slab.index_select(0, idx).movedim(0, s.batch_axis).contiguous()
+            for slab, s in zip(self.slabs, self.states, strict=True)
+        )
 
-    def scatter(self, slots: np.ndarray, h: torch.Tensor, c: torch.Tensor) -> None:
+    def scatter(self, slots: np.ndarray, *values: torch.Tensor) -> None:
         idx = self._index(slots)
-        self.h.index_copy_(1, idx, h.to(self.device, torch.float32))
-        self.c.index_copy_(1, idx, c.to(self.device, torch.float32))
+        for slab, s, v in zip(self.slabs, self.states, values, strict=True):
+            slab.index_copy_(0, idx, v.to(self.device, torch.float32).movedim(s.batch_axis, 0))
 
     def zero(self, slots: np.ndarray) -> None:
         idx = self._index(slots)
-        self.h.index_fill_(1, idx, 0.0)
-        self.c.index_fill_(1, idx, 0.0)
+        for slab in self.slabs:
+            slab.index_fill_(0, idx, 0.0)
 
-    def read(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        h, c = self.gather(slots)
-        return h.cpu().numpy(), c.cpu().numpy()
+    def read(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(t.cpu().numpy() for t in self.gather(slots))
 
-    def write(self, slots: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-        self.scatter(
-            slots,
-            torch.from_numpy(np.asarray(h, dtype=np.float32)),
-            torch.from_numpy(np.asarray(c, dtype=np.float32)),
-        )
+    def write(self, slots: np.ndarray, *values: np.ndarray) -> None:
+        self.scatter(slots, *(torch.from_numpy(np.asarray(v, dtype=np.float32)) for v in values))

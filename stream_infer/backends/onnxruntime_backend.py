@@ -16,8 +16,6 @@ from stream_infer.backends.base import Array, EngineSpec
 from stream_infer.errors import EngineError, ModelError
 from stream_infer.model.card import ONNX_FILE, load_card
 
-OUTPUTS = ["y", "hn", "cn"]
-
 
 def default_threads() -> int:
     """Half the cores (at least 1): the rest poll, decode and batch."""
@@ -68,10 +66,15 @@ class OrtEngine:
             n_outputs=len(card.labels),
             max_batch=max_batch,
             device=f"cuda:{self._device_id}" if self._cuda else "cpu",
+            states=card.states,
         )
+        self._x = card.input_name
+        self._outputs = [card.output_name, *(st.output for st in self.spec.states)]
+        self._inputs = [st.input for st in self.spec.states]
 
-    def infer(self, x: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
-        """x [B, *input_shape], h0/c0 [L, B, Hd] float32 -> (y [B, K], hn, cn)."""
+    def infer(self, x: Array, *states: Array) -> tuple[Array, ...]:
+        """x [B, *input_shape] and one tensor per state pair (graph layout), float32 ->
+        (y [B, K], *next states)."""
         batch = x.shape[0]
         if batch > self.spec.max_batch:
             raise EngineError(f"batch of {batch} exceeds max_batch {self.spec.max_batch}")
@@ -79,33 +82,29 @@ class OrtEngine:
             raise EngineError(
                 f"x has shape {list(x.shape)}, expected [B, {', '.join(map(str, self.spec.input_shape))}]"
             )
+        if len(states) != len(self._inputs):
+            raise EngineError(f"{len(states)} state tensors given, the model takes {len(self._inputs)}")
         if self._cuda:
-            return self._infer_cuda(x, h0, c0)
+            return self._infer_cuda(x, states)
+        feed = {self._x: np.ascontiguousarray(x, dtype=np.float32)}
+        for name, st in zip(self._inputs, states, strict=True):
+            feed[name] = np.ascontiguousarray(st, dtype=np.float32)
         try:
-            y, hn, cn = self._session.run(
-                OUTPUTS,
-                {
-                    "x": np.ascontiguousarray(x, dtype=np.float32),
-                    "h0": np.ascontiguousarray(h0, dtype=np.float32),
-                    "c0": np.ascontiguousarray(c0, dtype=np.float32),
-                },
-            )
+            return tuple(self._session.run(self._outputs, feed))
         except Exception as exc:
             raise EngineError(f"onnxruntime failed on a batch of {batch}: {exc}") from exc
-        return y, hn, cn
 
-    def _infer_cuda(self, x: Any, h0: Any, c0: Any) -> tuple[Any, Any, Any]:
+    def _infer_cuda(self, x: Any, states: tuple[Any, ...]) -> tuple[Any, ...]:
         import torch
 
         batch = x.shape[0]
-        layers, hidden = self.spec.state_shape
         dev = x.device
-        outs = {
-            "y": torch.empty(batch, self.spec.n_outputs, device=dev),
-            "hn": torch.empty(layers, batch, hidden, device=dev),
-            "cn": torch.empty(layers, batch, hidden, device=dev),
-        }
-        ins = {"x": x.contiguous(), "h0": h0.contiguous(), "c0": c0.contiguous()}  # kept alive
+        outs = {self.card.output_name: torch.empty(batch, self.spec.n_outputs, device=dev)}
+        for st in self.spec.states:
+            outs[st.output] = torch.empty(*st.batched(batch), device=dev)
+        ins = {self._x: x.contiguous()}  # kept alive until the run returns
+        for name, t in zip(self._inputs, states, strict=True):
+            ins[name] = t.contiguous()
         binding = self._session.io_binding()
         for name, t in ins.items():
             binding.bind_input(name, "cuda", self._device_id, np.float32, list(t.shape), t.data_ptr())
@@ -116,7 +115,7 @@ class OrtEngine:
             self._session.run_with_iobinding(binding)
         except Exception as exc:
             raise EngineError(f"onnxruntime (CUDA) failed on a batch of {batch}: {exc}") from exc
-        return outs["y"], outs["hn"], outs["cn"]
+        return tuple(outs[name] for name in self._outputs)
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]

@@ -33,6 +33,11 @@ class TrtEngine:
             )
         artifact = Path(artifact)
         self.card = load_card(artifact)
+        if self.card.state:
+            raise ModelError(
+                f"{artifact}: an imported graph (state pairs in its card): the tensorrt backend serves "
+                "the CNN-LSTM's (h, c) contract only; serve it with onnxruntime"
+            )
         self._device = torch.device(device)
         torch.cuda.set_device(self._device)
         cc = torch.cuda.get_device_capability(self._device)

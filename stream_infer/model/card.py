@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from stream_infer.contract import StateSpec, lstm_states
 from stream_infer.errors import ModelError
 
 CARD_FILE = "model.json"
@@ -32,8 +33,8 @@ class ModelCard:
     hop: int  # k: samples between predictions
     sample_shape: list[int]  # one sample: [F] for sensors, [C, H, W] for frames
     labels: list[str]
-    lstm_layers: int
-    hidden_size: int
+    lstm_layers: int = 0  # stream-infer's own CNN-LSTM: its (h, c) pair; 0 for an imported graph
+    hidden_size: int = 0
     norm_mean: list[float] = field(default_factory=list)  # per channel, applied inside the graph
     norm_std: list[float] = field(default_factory=list)
     conv_channels: int = 32
@@ -42,6 +43,11 @@ class ModelCard:
     channels: list[str] = field(default_factory=list)  # optional channel names
     files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 (model/integrity.py)
     sample_rate_hz: float | None = None  # samples per second of the training data, when given
+    # An imported graph's contract (docs/model-contract.md): its window input, head output and
+    # state pairs [{"input", "output", "shape", "batch_axis"}]. Empty: the CNN-LSTM's x, y, (h, c).
+    input_name: str = "x"
+    output_name: str = "y"
+    state: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -52,8 +58,24 @@ class ModelCard:
 
     @property
     def state_shape(self) -> tuple[int, int]:
-        """(L, Hd); a batch of states is [L, B, Hd] as ONNX's LSTM lays it out."""
+        """(L, Hd) of the CNN-LSTM's pair; a batch of states is [L, B, Hd] as ONNX's LSTM lays
+        it out. (0, 0) for an imported graph: see ``states``."""
         return (self.lstm_layers, self.hidden_size)
+
+    @property
+    def states(self) -> tuple[StateSpec, ...]:
+        """The state pairs of the graph (the model contract)."""
+        if self.state:
+            return tuple(
+                StateSpec(
+                    str(s["input"]),
+                    str(s["output"]),
+                    tuple(int(d) for d in s["shape"]),
+                    int(s.get("batch_axis", 0)),
+                )
+                for s in self.state
+            )
+        return lstm_states(self.lstm_layers, self.hidden_size)
 
     @property
     def model_id(self) -> str:
@@ -88,4 +110,10 @@ def load_card(directory: str | Path) -> ModelCard:
         raise ModelError(f"{path}: need 1 <= hop <= window, got window={card.window} hop={card.hop}")
     if card.kind == "frame" and (card.window != 1 or card.hop != 1 or len(card.sample_shape) != 3):
         raise ModelError(f"{path}: a frame model has window=1, hop=1 and sample_shape [C, H, W]")
+    try:
+        states = card.states
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: invalid state pairs: {exc}") from exc
+    if not states:
+        raise ModelError(f"{path}: no state pairs (the model carries no state from hop to hop)")
     return card

@@ -47,6 +47,11 @@ def load_model(artifact: str | Path, device: str = "cpu") -> tuple[ModelCard, CN
     """Card and eval-mode module from an artifact; weights loaded with ``weights_only=True``."""
     artifact = Path(artifact)
     card = load_card(artifact)
+    if card.state:
+        raise ModelError(
+            f"{artifact}: an imported graph has no weights.pt of stream-infer's CNN-LSTM: serve it "
+            "with the onnxruntime backend"
+        )
     model = build_model(card)
     path = artifact / WEIGHTS_FILE
     try:
