@@ -176,14 +176,15 @@ def evaluate(card: ModelCard, recordings: Recordings, predictions: list[dict[str
 
 
 def _check_fits(card: ModelCard, recordings: Recordings) -> None:
-    if card.kind != "sensor":
-        raise DataError(f"model {card.model_id} is a {card.kind} model: evaluate replays sensor recordings")
+    """Sensor recordings ``[T, F]`` for a sensor model; frame sequences ``[T, C, H, W]`` (as
+    ``Recordings`` values) for a frame model."""
     if not len(recordings):
         raise DataError("no recordings to replay")
-    if recordings.n_channels != int(np.prod(card.sample_shape)):
+    shape = tuple(recordings.values[0].shape[1:])
+    if shape != tuple(card.sample_shape):
+        what = f"{shape[0]} channels" if len(shape) == 1 else f"samples of shape {list(shape)}"
         raise DataError(
-            f"the recordings have {recordings.n_channels} channels; model {card.model_id} takes "
-            f"samples of shape {card.sample_shape}"
+            f"the recordings have {what}; model {card.model_id} takes samples of shape {card.sample_shape}"
         )
 
 

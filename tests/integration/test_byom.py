@@ -1,7 +1,8 @@
-"""Bring your own model, end to end against the real broker: the example GRU (one state tensor)
-and two-layer LSTM (two, under names of their own, so the changelog's format 2) are imported and
-served, restarted half way (their state restored from the changelog), and every hop is predicted
-exactly once with the values of the graph stepped hop by hop with its state carried."""
+"""Bring your own model, end to end against the real broker: the example GRU (one state tensor),
+two-layer LSTM (two, under names of their own, so the changelog's format 2) and ConvLSTM frame
+model (two [8, 16, 16] tensors, batch first) are imported and served, restarted half way (their
+state restored from the changelog), and every hop is predicted exactly once with the values of
+the graph stepped hop by hop with its state carried."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from examples import gru_sensor, lstm2_sensor
+from examples import convlstm_frames, gru_sensor, lstm2_sensor
 from stream_infer.backends import open_engine
 from stream_infer.model.datasets import hop_windows
 from tests.processes import (
@@ -26,13 +27,19 @@ from tests.reference import hop_by_hop_any
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("example", [gru_sensor, lstm2_sensor], ids=["gru", "lstm2"])
+@pytest.mark.parametrize(
+    "example", [gru_sensor, lstm2_sensor, convlstm_frames], ids=["gru", "lstm2", "convlstm"]
+)
 def test_an_imported_model_is_served_and_its_state_survives_a_restart(
     kafka_bootstrap: str, new_topic, tmp_path: Path, procs, feeders, example
 ) -> None:
     artifact = tmp_path / "artifact"
     card = example.build(artifact)
-    streams = entity_streams(6, 1, seed=41)
+    if card.kind == "frame":  # synthetic frames, sent as f32 [1, 16, 16] per message
+        rng = np.random.default_rng(41)
+        streams = {f"cam-{i}": rng.uniform(0, 255, size=(16, 1, 16, 16)).astype(np.float32) for i in range(4)}
+    else:
+        streams = entity_streams(6, 1, seed=41)
     engine = open_engine(artifact, "onnxruntime", "cpu", 8)
     try:
         ref = {}
@@ -44,10 +51,18 @@ def test_an_imported_model_is_served_and_its_state_survives_a_restart(
     assert len(ref) == sum(len(hop_windows(x, card.window, card.hop)) for x in streams.values())
 
     topic = new_topic("byom", partitions=2)
-    cfg = service_config(kafka_bootstrap, topic, artifact, "a", delivery={"guarantee": "exactly-once"})
+    cfg = service_config(
+        kafka_bootstrap,
+        topic,
+        artifact,
+        "a",
+        delivery={"guarantee": "exactly-once"},
+        input={"format": "f32" if card.kind == "frame" else "json"},
+    )
     procs.append(first := ServiceProcess(cfg, tmp_path))
     first.wait_ready(120)
-    feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 600))
+    fmt = "f32" if card.kind == "frame" else "json"
+    feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 600, fmt=fmt))
     feeder.start(upto=feeder.rounds // 2)
     feeder.wait_idle(60)
     assert first.terminate(30) == 0, first.log()

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from examples import gru_sensor, lstm2_sensor
+from examples import convlstm_frames, gru_sensor, lstm2_sensor
 from stream_infer import changelog, evaluate
 from stream_infer.backends import open_engine
 from stream_infer.contract import StateSpec
 from stream_infer.errors import ModelError, StateError
 from stream_infer.model.card import load_card
-from stream_infer.model.datasets import basic_motions
+from stream_infer.model.datasets import Recordings, basic_motions
 from stream_infer.model.importer import export_module, import_onnx
 from stream_infer.state import NumpyStateSlab
 from tests.reference import hop_by_hop_any
@@ -128,10 +128,11 @@ def test_each_contract_breach_is_refused_in_one_line(gru_onnx: Path, tmp_path: P
 def test_an_imported_graph_is_served_by_the_service_pipeline(tmp_path: Path) -> None:
     """The in-process pipeline (decode, windows, slab, engine, sink) equals the graph stepped
     hop by hop with its state carried, for one and for two state tensors."""
-    recs = basic_motions().subset("test").select(list(range(6)))
-    for example in (gru_sensor, lstm2_sensor):
+    sensors = basic_motions().subset("test").select(list(range(6)))
+    for example in (gru_sensor, lstm2_sensor, convlstm_frames):
         card = example.build(tmp_path / example.__name__.rsplit(".", 1)[-1])
         artifact = tmp_path / example.__name__.rsplit(".", 1)[-1]
+        recs = sensors if card.kind == "sensor" else frame_sequences(4, 7)
         assert load_card(artifact).states == card.states
         preds = evaluate.replay(artifact, recs)
         engine = open_engine(artifact, "onnxruntime", "cpu", 8)
@@ -145,6 +146,14 @@ def test_an_imported_graph_is_served_by_the_service_pipeline(tmp_path: Path) -> 
                 )
         finally:
             engine.close()
+
+
+def frame_sequences(n: int, length: int, seed: int = 0) -> Recordings:
+    """Synthetic frame streams [T, 1, 16, 16] of pixels 0..255 (mechanics, not accuracy)."""
+    rng = np.random.default_rng(seed)
+    frames = [rng.uniform(0, 255, size=(length, 1, 16, 16)).astype(np.float32) for _ in range(n)]
+    labels = [convlstm_frames.LABELS[i % 2] for i in range(n)]
+    return Recordings(frames, labels, [f"cam{i}" for i in range(n)], ["test"] * n, [])
 
 
 def test_the_torch_and_tensorrt_backends_refuse_an_imported_graph(tmp_path: Path) -> None:
