@@ -69,14 +69,16 @@ def naive(servers: str, topic: str, art: Path, n_messages: int, sync: bool = Fal
                 h, cc = state.get(ent) or model.zero_state(1)
                 y, h, cc = model(torch.tensor([list(win)], dtype=torch.float32), h, cc)
                 state[ent] = (h, cc)
-                scores = y[0].tolist()
+                scores = torch.softmax(y[0], dim=0).tolist()
                 pred = {
+                    "v": 2,
                     "entity": ent,
                     "seq": doc["seq"],
                     "event_time_ms": doc["ts"],
                     "emit_time_ms": time.time_ns() // 1_000_000,
-                    "scores": scores,
+                    "head": "classification",
                     "label": card.labels[max(range(len(scores)), key=scores.__getitem__)],
+                    "scores": scores,
                     "model": card.model_id,
                 }
                 fut = producer.send(out_topic, key=msg.key, value=orjson.dumps(pred))

@@ -38,7 +38,7 @@ def _main(
 
 # --- model commands: train, export, build-engine (stream_infer.model, engines/) ---
 
-_DATASETS = ("basicmotions", "lfw")
+_DATASETS = ("basicmotions", "lfw", "co2")
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -53,7 +53,7 @@ def train(
         ..., "--out", help="Artifact directory to write (model.json, weights.pt, model.onnx)."
     ),
     dataset: str = typer.Option(
-        "basicmotions", help="Built-in dataset: basicmotions (sensor) or lfw (frames)."
+        "basicmotions", help="Built-in dataset: basicmotions (sensor), lfw (frames) or co2 (forecasting)."
     ),
     data: Path | None = typer.Option(
         None, help="Your own dataset directory (docs/data-format.md); overrides --dataset."
@@ -124,6 +124,10 @@ def train(
                 patience=patience,
                 sample_rate_hz=sample_rate,
             )
+        elif dataset == "co2":
+            from stream_infer.model import forecast
+
+            card = forecast.train_co2(out, seed=seed, epochs=epochs or 60, hidden=hidden, progress=progress)
         elif dataset == "lfw":
             card = training.train_frames(
                 datasets.lfw_frames(seed=seed),
@@ -162,7 +166,8 @@ def _window_and_hop(window: int | None, hop: int | None, rate: float | None) -> 
 def _summary(card: Any, out: Path) -> str:
     """The last line of ``train``, with or without a progress bar."""
     acc = ", ".join(f"{k}={v:.3f}" for k, v in card.accuracy.items() if isinstance(v, float))
-    line = f"{card.model_id} -> {out} (test accuracy: {acc}"
+    what = "test accuracy" if card.head_kind == "classification" else "test"
+    line = f"{card.model_id} -> {out} ({what}: {acc}"
     if val := card.training.get("validation"):
         line += f"; best epoch {val['best_epoch']} of {val['epochs_run']} by validation loss"
     if seeds := card.training.get("seeds"):
@@ -239,9 +244,12 @@ def _recordings(dataset: str, data: Path | None, split: str, split_by: str | Non
 
     recs = datasets.load_recordings(data, split_by=split_by, seed=seed) if data else None
     if recs is None:
-        if dataset != "basicmotions":
-            raise typer.BadParameter("built-in recordings: basicmotions", param_hint="--dataset")
-        recs = datasets.basic_motions()
+        if dataset == "co2":
+            recs = datasets.co2_weekly()
+        elif dataset == "basicmotions":
+            recs = datasets.basic_motions()
+        else:
+            raise typer.BadParameter("built-in recordings: basicmotions, co2", param_hint="--dataset")
     if split != "all":
         recs = recs.subset(split)
     if not len(recs):

@@ -305,6 +305,19 @@ class DeliverySettings(_Section):
         return self
 
 
+class OutputSettings(_Section):
+    """What each prediction document carries (``docs/formats.md``, ``prediction.schema.json``).
+
+    ``schema_version`` 2 (default) carries ``v`` and ``head``; a classification head publishes
+    probabilities in ``scores``. 1 publishes the original document exactly (``scores`` are the
+    raw logits, no ``v``/``head``) for consumers not yet moved to 2; classification models only.
+    """
+
+    schema_version: Literal[1, 2] = 2
+    top_k: int = Field(0, ge=0, le=1_000)  # classification: add the k most probable labels
+    logits: bool = False  # classification: add the raw logits beside the probabilities
+
+
 class MetricsSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(9100, ge=0, le=65_535)
@@ -333,6 +346,7 @@ class Settings(BaseSettings):
     entities: EntitySettings = EntitySettings()
     batcher: BatcherSettings = BatcherSettings()
     delivery: DeliverySettings = DeliverySettings()
+    output: OutputSettings = OutputSettings()
     metrics: MetricsSettings = MetricsSettings()
     shutdown_grace_s: float = Field(30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -126,8 +126,48 @@ def entity_of(index: int, name: str) -> str:
     return f"{index:05d}-{name}"
 
 
-def evaluate(card: ModelCard, recordings: Recordings, predictions: list[dict[str, Any]]) -> Evaluation:
-    """Score ``predictions`` (from ``replay``) against the recordings' labels."""
+@dataclass(frozen=True)
+class ForecastEvaluation:
+    """Regression (forecast) figures over every hop whose horizon lies inside its recording,
+    beside the persistence and seasonal-naive baselines on the same hops."""
+
+    model: str
+    n_recordings: int
+    n_hops: int
+    horizon: int
+    targets: list[str]
+    mae: float
+    rmse: float
+    mae_per_step: list[float]  # step 1..N, over targets
+    baselines: dict[str, dict[str, Any]]  # name -> {"mae", "rmse", "mae_per_step"}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def table(self) -> str:
+        steps = "  ".join(f"{'+' + str(s):>7}" for s in range(1, self.horizon + 1))
+        out = [
+            f"model {self.model}: {self.n_recordings} recordings, {self.n_hops} hops, "
+            f"forecast of {', '.join(self.targets)} {self.horizon} steps ahead",
+            "",
+            f"{'forecast':<20}  {'MAE':>8}  {'RMSE':>8}  MAE per step {steps}",
+        ]
+        rows = [("model", {"mae": self.mae, "rmse": self.rmse, "mae_per_step": self.mae_per_step})]
+        for name, row in [*rows, *self.baselines.items()]:
+            per = "  ".join(f"{v:7.4f}" for v in row["mae_per_step"])
+            out.append(f"{name:<20}  {row['mae']:8.4f}  {row['rmse']:8.4f}  {'':12} {per}")
+        return "\n".join(out)
+
+
+def evaluate(
+    card: ModelCard, recordings: Recordings, predictions: list[dict[str, Any]]
+) -> Evaluation | ForecastEvaluation:
+    """Score ``predictions`` (from ``replay``): against the recordings' labels for a
+    classification head, against the recordings' own future values for a regression head."""
+    if card.head_kind == "regression":
+        return evaluate_forecast(card, recordings, predictions)
+    if card.head_kind != "classification":
+        raise DataError(f"evaluate scores classification and regression heads, not {card.head_kind}")
     index = {c: i for i, c in enumerate(card.labels)}
     unknown = sorted(set(recordings.labels) - set(index))
     if unknown:
@@ -172,6 +212,73 @@ def evaluate(card: ModelCard, recordings: Recordings, predictions: list[dict[str
         list(card.labels),
         confusion.tolist(),
         per_class,
+    )
+
+
+def evaluate_forecast(
+    card: ModelCard, recordings: Recordings, predictions: list[dict[str, Any]]
+) -> ForecastEvaluation:
+    """Each hop's ``values`` (named ``<target>+<step>``) against the next ``horizon`` values of
+    the targets in its recording; hops whose horizon runs past the end are not scored."""
+    head = card.head
+    targets = [str(t) for t in head.get("targets", [])]
+    horizon = int(head.get("horizon", 0))
+    names = [f"{t}+{s}" for s in range(1, horizon + 1) for t in targets]
+    if not targets or horizon < 1 or sorted(names) != sorted(card.labels):
+        raise DataError(
+            "evaluate needs a regression head with targets and horizon whose outputs are named "
+            f"<target>+<step>; {card.model_id} has head {head} and outputs {card.labels}"
+        )
+    missing = [t for t in targets if t not in recordings.channels]
+    if missing:
+        raise DataError(f"the recordings have no channel {missing} (they have {recordings.channels})")
+    t_idx = [recordings.channels.index(t) for t in targets]
+    season = int(head.get("season", 0))
+    by_entity: dict[str, list[dict[str, Any]]] = {}
+    for p in predictions:
+        by_entity.setdefault(p["entity"], []).append(p)
+    got, truth, persist, seasonal = [], [], [], []
+    n_rec = 0
+    for i, (name, values) in enumerate(zip(recordings.names, recordings.values, strict=True)):
+        hops = [p for p in by_entity.get(entity_of(i, name), []) if p["seq"] + horizon < len(values)]
+        if not hops:
+            continue
+        n_rec += 1
+        t = np.asarray([p["seq"] for p in hops])
+        steps = np.arange(1, horizon + 1)
+        got.append(np.asarray([[p["values"][n] for n in names] for p in hops], dtype=np.float64))
+        truth.append(values[t[:, None] + steps][:, :, t_idx].reshape(len(t), -1))
+        persist.append(np.repeat(values[t][:, t_idx], horizon, axis=0).reshape(len(t), -1))
+        if season:
+            back = np.clip(t[:, None] + steps - season * np.ceil(steps / season).astype(int), 0, None)
+            seasonal.append(values[back][:, :, t_idx].reshape(len(t), -1))
+    if n_rec == 0:
+        raise DataError("no recording is long enough for one window and its horizon: nothing to evaluate")
+    y = np.concatenate(truth).astype(np.float64)
+
+    def scores(pred: list[np.ndarray]) -> dict[str, Any]:
+        err = np.concatenate(pred).astype(np.float64) - y
+        per_step = np.abs(err).reshape(len(err), horizon, len(targets)).mean(axis=(0, 2))
+        return {
+            "mae": float(np.abs(err).mean()),
+            "rmse": float(np.sqrt((err**2).mean())),
+            "mae_per_step": [float(v) for v in per_step],
+        }
+
+    model = scores(got)
+    baselines = {"persistence": scores(persist)}
+    if season:
+        baselines[f"seasonal naive ({season})"] = scores(seasonal)
+    return ForecastEvaluation(
+        card.model_id,
+        n_rec,
+        len(y),
+        horizon,
+        targets,
+        model["mae"],
+        model["rmse"],
+        model["mae_per_step"],
+        baselines,
     )
 
 

@@ -27,6 +27,7 @@ from stream_infer.config import Settings
 from stream_infer.decode import Decoder, DecodeResult, Record, internal_error
 from stream_infer.entities import EntityStore, ModelShape
 from stream_infer.errors import ConfigError, PipelineError, SinkError
+from stream_infer.heads import make_head
 from stream_infer.health import Health, serve_http
 from stream_infer.kafka_compat import stable_offset
 from stream_infer.metrics import Metrics
@@ -148,7 +149,13 @@ class Service:
             s.dead_letter_topic,
             s.changelog_topic,
             self.card.model_id,
-            self.card.labels,
+            make_head(
+                self.card.labels,
+                self.card.head,
+                top_k=s.output.top_k,
+                logits=s.output.logits,
+                schema_version=s.output.schema_version,
+            ),
             **({} if dead_letter_max_bytes is None else {"dead_letter_max_bytes": dead_letter_max_bytes}),
         )
         self.worker = InferenceWorker(

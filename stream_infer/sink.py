@@ -23,6 +23,7 @@ from kafka.partitioner.default import DefaultPartitioner, murmur2
 from stream_infer.batcher import Chunk
 from stream_infer.config import Settings
 from stream_infer.errors import SinkError
+from stream_infer.heads import Head
 from stream_infer.records import InvalidMessage
 
 logger = logging.getLogger(__name__)
@@ -82,18 +83,20 @@ class Sink:
         dead_letter_topic: str,
         changelog_topic: str,
         model_id: str,
-        labels: list[str],
+        head: Head | list[str],
         *,
         dead_letter_max_bytes: int = 1_048_576 - DEAD_LETTER_HEADROOM_BYTES,
     ) -> None:
-        """``dead_letter_max_bytes``: the largest dead-letter value the dead-letter topic takes
-        (``topics.dead_letter_limit_bytes``); the default fits Kafka's default 1 MiB topic."""
+        """``head``: how a row of engine outputs is published (a list of labels: a
+        classification head with the default output settings). ``dead_letter_max_bytes``: the
+        largest dead-letter value the dead-letter topic takes (``topics.dead_letter_limit_bytes``);
+        the default fits Kafka's default 1 MiB topic."""
         self.producer = producer
         self.output_topic = output_topic
         self.dead_letter_topic = dead_letter_topic
         self.changelog_topic = changelog_topic
         self.model_id = model_id
-        self.labels = np.asarray(labels, dtype=object)
+        self.head = head if isinstance(head, Head) else Head("classification", tuple(head))
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self._errors: list[BaseException] = []
         self._partition_of: dict[str, int] = {}  # entity -> output partition (publish's cache)
@@ -116,15 +119,15 @@ class Sink:
     def publish(self, batch: Chunk, scores: np.ndarray) -> np.ndarray:
         """Send one prediction per window, keyed by entity; returns emit times [B] (ms).
 
-        Per prediction this builds one dict and one ``orjson.dumps``; everything else (labels,
-        rows, emit time, partitions) is computed once per batch. The partition of each key is
+        Per prediction this builds one dict and one ``orjson.dumps``; everything else (the
+        head's fields, emit time, partitions) is computed once per batch. The partition of each key is
         the default partitioner's (murmur2, as the Java client), cached per entity so the
         pure-Python hash runs once per entity rather than once per prediction. A window whose
         last sample's message carried a W3C ``traceparent`` header publishes it with the
         prediction, so a trace follows a sample into the prediction it completed."""
         emit_ms = time.time_ns() // 1_000_000
-        label_idx = scores.argmax(axis=1)
-        labels = self.labels[label_idx] if len(self.labels) == scores.shape[1] else label_idx.astype(str)
+        fields = self.head.fields(scores)
+        version = self.head.schema_version
         send = self.producer.send
         topic = self.output_topic
         model = self.model_id
@@ -134,25 +137,13 @@ class Sink:
         parts = self._partitions(entities)
         traces = batch.trace if batch.trace is not None else [None] * len(entities)
         try:
-            for ent, part, sq, ev, sc, lab, tp in zip(
-                entities,
-                parts,
-                batch.seq.tolist(),
-                batch.event_ms.tolist(),
-                scores.tolist(),
-                labels.tolist(),
-                traces,
-                strict=True,
+            for ent, part, sq, ev, head_fields, tp in zip(
+                entities, parts, batch.seq.tolist(), batch.event_ms.tolist(), fields, traces, strict=True
             ):
-                doc = {
-                    "entity": ent,
-                    "seq": sq,
-                    "event_time_ms": ev,
-                    "emit_time_ms": emit_ms,
-                    "scores": sc,
-                    "label": lab,
-                    "model": model,
-                }
+                doc: dict[str, Any] = {"v": version} if version > 1 else {}
+                doc.update(entity=ent, seq=sq, event_time_ms=ev, emit_time_ms=emit_ms)
+                doc.update(head_fields)
+                doc["model"] = model
                 headers = None if tp is None else [("traceparent", tp)]
                 send(topic, key=ent.encode(), value=dumps(doc), partition=part, headers=headers).add_errback(
                     errback

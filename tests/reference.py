@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from stream_infer.backends.base import Engine
+from stream_infer.heads import softmax
 from stream_infer.model.card import ModelCard
 from stream_infer.model.datasets import hop_windows
 
@@ -31,3 +34,21 @@ def hop_by_hop_any(engine: Engine, card: ModelCard, values: np.ndarray) -> np.nd
         y, *states = engine.infer(w.reshape(1, *card.input_shape).astype(np.float32), *states)
         out.append(y[0])
     return np.asarray(out, dtype=np.float32).reshape(len(out), -1)
+
+
+def published(y: np.ndarray) -> np.ndarray:
+    """The ``scores`` a classification head publishes for raw outputs ``y`` ([K] or [n, K]):
+    probabilities (stream_infer/heads.py)."""
+    y = np.asarray(y, dtype=np.float32)
+    return softmax(y.reshape(-1, y.shape[-1])).reshape(y.shape)
+
+
+def output_of(prediction: dict[str, Any]) -> list[float]:
+    """The numbers a published prediction carries, whatever its head: classification
+    probabilities, regression values (in the card's order) or the anomaly score."""
+    head = prediction.get("head", "classification")
+    if head == "regression":
+        return list(prediction["values"].values())
+    if head == "anomaly":
+        return [prediction["score"]]
+    return list(prediction["scores"])

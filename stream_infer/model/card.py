@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from stream_infer.contract import StateSpec, lstm_states
 from stream_infer.errors import ModelError
+from stream_infer.heads import make_head
 
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
@@ -32,7 +33,7 @@ class ModelCard:
     window: int  # W: samples per window (1 for frame models)
     hop: int  # k: samples between predictions
     sample_shape: list[int]  # one sample: [F] for sensors, [C, H, W] for frames
-    labels: list[str]
+    labels: list[str]  # one name per output column of the head (class labels, forecast names, "score")
     lstm_layers: int = 0  # stream-infer's own CNN-LSTM: its (h, c) pair; 0 for an imported graph
     hidden_size: int = 0
     norm_mean: list[float] = field(default_factory=list)  # per channel, applied inside the graph
@@ -48,6 +49,13 @@ class ModelCard:
     input_name: str = "x"
     output_name: str = "y"
     state: list[dict[str, Any]] = field(default_factory=list)
+    # The head (stream_infer/heads.py): {"kind": "classification"} when empty; "regression" may
+    # name "targets" (channels) and "horizon" (steps) for evaluate; "anomaly" needs "threshold".
+    head: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_kind(self) -> str:
+        return str(self.head.get("kind", "classification"))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -116,4 +124,8 @@ def load_card(directory: str | Path) -> ModelCard:
         raise ModelError(f"{path}: invalid state pairs: {exc}") from exc
     if not states:
         raise ModelError(f"{path}: no state pairs (the model carries no state from hop to hop)")
+    try:
+        make_head(card.labels, card.head)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
     return card

@@ -103,6 +103,42 @@ def basic_motions() -> Recordings:
     return Recordings(values, labels, names, split, channels, "basicmotions", "official UEA split")
 
 
+# --- Mauna Loa CO2 ------------------------------------------------------------------------------
+
+CO2_TEST_FROM = 19910101  # weeks from this date on are the forecasting test period
+
+
+def co2_weekly(window: int = 52) -> Recordings:
+    """Mauna Loa weekly atmospheric CO2 (ppm), March 1958 to December 2001, 2,284 weeks (public
+    domain; ships inside statsmodels as ``datasets/co2/co2.csv``). The 59 missing weeks are
+    filled by linear interpolation (said in ``notes``). Two recordings: ``train`` up to 1990 and
+    ``test`` from 1991, which starts ``window - 1`` weeks early so that its first hop's window
+    ends on the last training week and every forecast it scores is of a test week."""
+    spec = importlib.util.find_spec("statsmodels")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the co2 dataset ships inside statsmodels: pip install 'stream-infer[train]'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "co2" / "co2.csv"
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    dates = np.asarray([int(r["date"]) for r in rows])
+    co2 = np.asarray([float(r["co2"]) if r["co2"] else np.nan for r in rows], dtype=np.float64)
+    missing = np.isnan(co2)
+    t = np.arange(len(co2))
+    co2[missing] = np.interp(t[missing], t[~missing], co2[~missing])
+    cut = int(np.searchsorted(dates, CO2_TEST_FROM))
+    values = [co2[:cut, None].astype(np.float32), co2[cut - window + 1 :, None].astype(np.float32)]
+    return Recordings(
+        values,
+        ["co2", "co2"],
+        ["mauna-loa-train", "mauna-loa-test"],
+        ["train", "test"],
+        ["co2"],
+        "co2",
+        f"weeks before {CO2_TEST_FROM} train, from it test",
+        notes=[f"co2: {int(missing.sum())} missing weeks filled by linear interpolation"],
+    )
+
+
 # --- LFW frames --------------------------------------------------------------------------------
 
 

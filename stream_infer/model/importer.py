@@ -25,7 +25,7 @@ from stream_infer.model.card import CARD_FILE, ONNX_FILE, ModelCard, load_card
 
 _CARD_KEYS = {
     "name", "version", "kind", "window", "hop", "sample_shape", "labels", "input", "output", "state",
-    "channels", "sample_rate_hz", "training", "accuracy",
+    "channels", "sample_rate_hz", "training", "accuracy", "head", "outputs",
 }  # fmt: skip
 _REQUIRED = ("name", "kind", "window", "hop", "sample_shape", "labels", "state")
 _DRY_BATCH = 3
@@ -50,7 +50,10 @@ def import_onnx(model: str | Path, card: dict[str, Any], out: str | Path) -> Mod
     session = _session(model)
     _check_graph(session, c, model)
     _dry_run(session, c, model)
-    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=out.parent if out.parent.exists() else None))
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Beside ``out``, so the final rename stays on one file system and is atomic.
+    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=out.parent))
     try:
         shutil.copyfile(model, tmp / ONNX_FILE)
         c.save(tmp)
@@ -64,6 +67,12 @@ def import_onnx(model: str | Path, card: dict[str, Any], out: str | Path) -> Mod
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_card(out)
+
+
+def _check_out(out: Path) -> None:
+    """``out`` may be new or an earlier artifact (replaced); never another kind of folder."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CARD_FILE).exists())):
+        raise ModelError(f"{out}: exists and is not a model artifact; refusing to overwrite it")
 
 
 def export_module(module: Any, card: dict[str, Any], out: str | Path, opset: int = 17) -> ModelCard:
@@ -107,6 +116,10 @@ def _card(doc: dict[str, Any]) -> ModelCard:
     unknown = sorted(set(doc) - _CARD_KEYS)
     if unknown:
         raise ModelError(f"card: unknown keys {unknown} (known: {', '.join(sorted(_CARD_KEYS))})")
+    if "outputs" in doc:  # a regression or anomaly head names outputs, not class labels
+        if "labels" in doc:
+            raise ModelError("card: give labels (classes) or outputs (names of the head's values), not both")
+        doc = {**doc, "labels": doc["outputs"]}
     missing = [k for k in _REQUIRED if k not in doc]
     if missing:
         raise ModelError(f"card: missing {', '.join(missing)}")
@@ -145,12 +158,26 @@ def _card(doc: dict[str, Any]) -> ModelCard:
         "sample_rate_hz": doc.get("sample_rate_hz"),
         "training": dict(doc.get("training", {})),
         "accuracy": dict(doc.get("accuracy", {})),
+        "head": _head(doc.get("head", {})),
     }
     if not fields["labels"]:
-        raise ModelError("card: labels must name at least one class")
+        raise ModelError("card: labels (or outputs) must name at least one output of the head")
     with tempfile.TemporaryDirectory() as tmp:
         ModelCard(**fields).save(Path(tmp))
         return load_card(tmp)  # the card's own rules (kind, window, hop, state shapes)
+
+
+def _head(head: Any) -> dict[str, Any]:
+    """``head: classification`` or a mapping with ``kind`` (and the kind's own keys)."""
+    if isinstance(head, str):
+        head = {"kind": head}
+    if not isinstance(head, dict):
+        raise ModelError(f"card: head must be a kind or a mapping with kind, not {head!r}")
+    known = {"kind", "threshold", "targets", "horizon", "season"}
+    unknown = sorted(set(head) - known)
+    if unknown:
+        raise ModelError(f"card: unknown head keys {unknown} (known: {', '.join(sorted(known))})")
+    return dict(head)
 
 
 def _session(model: Path) -> Any:

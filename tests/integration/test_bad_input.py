@@ -17,6 +17,7 @@ from PIL import Image
 
 from stream_infer.model.card import ModelCard
 from stream_infer.testing import LinearEngine
+from tests.reference import published
 from tests.streaming import RunningService, predictions, read_topic, settings_for
 
 pytestmark = pytest.mark.integration
@@ -224,7 +225,9 @@ def test_malformed_flood_goes_to_the_dead_letter_topic_and_good_entities_match_t
     for e, x in data.items():
         ref = ref_hops(card, x)
         assert sorted(got.get(e, {})) == sorted(ref), e
-        np.testing.assert_allclose([got[e][q] for q in sorted(ref)], [ref[q] for q in sorted(ref)], atol=1e-5)
+        np.testing.assert_allclose(
+            [got[e][q] for q in sorted(ref)], [published(ref[q]) for q in sorted(ref)], atol=1e-5
+        )
     # every bad message in the dead-letter topic, once, with its reason, origin and content
     assert len(dlq) == n_bad
     seen = set()
@@ -270,7 +273,7 @@ def test_engine_failure_is_retried_then_isolated_and_other_entities_are_served(k
     assert len(preds) == good_hops and all(pr["entity"] != "poison" for pr in preds)
     for pr in preds:
         ref = ref_hops(card, data[pr["entity"]])
-        np.testing.assert_allclose(pr["scores"], ref[pr["seq"]], atol=1e-5)
+        np.testing.assert_allclose(pr["scores"], published(ref[pr["seq"]]), atol=1e-5)
     assert metrics["stream_infer_isolated_windows_total"] == poison_hops
     # each failing batch: one call, one retry, then the halves down to the poisoned window
     assert metrics["stream_infer_engine_errors_total"] >= 2 * poison_hops
@@ -320,7 +323,7 @@ def test_state_of_another_model_version_is_reset_not_restored(kafka_bootstrap, n
     assert m2["restored"] == len(data) and m2.get("state_not_restorable", 0) == 0
     full = {e: ref_hops(sensor_card(), x) for e, x in data.items()}
     for pr in p1 + p2:
-        np.testing.assert_allclose(pr["scores"], full[pr["entity"]][pr["seq"]], atol=1e-5)
+        np.testing.assert_allclose(pr["scores"], published(full[pr["entity"]][pr["seq"]]), atol=1e-5)
     # Plus a corrupt record in the changelog; then version 2: neither is restored.
     s = settings_for(kafka_bootstrap, topic)
     p = KafkaProducer(bootstrap_servers=kafka_bootstrap)
@@ -333,4 +336,4 @@ def test_state_of_another_model_version_is_reset_not_restored(kafka_bootstrap, n
     assert len(p3) == sum(len(v) for v in fresh.values())
     for pr in p3:
         assert pr["model"] == "lin@2"
-        np.testing.assert_allclose(pr["scores"], fresh[pr["entity"]][pr["seq"]], atol=1e-5)
+        np.testing.assert_allclose(pr["scores"], published(fresh[pr["entity"]][pr["seq"]]), atol=1e-5)

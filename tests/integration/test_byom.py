@@ -22,7 +22,7 @@ from tests.processes import (
     read_hops,
     service_config,
 )
-from tests.reference import hop_by_hop_any
+from tests.reference import hop_by_hop_any, published
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,7 +45,7 @@ def test_an_imported_model_is_served_and_its_state_survives_a_restart(
         ref = {}
         for e, x in streams.items():
             for i, y in enumerate(hop_by_hop_any(engine, card, x)):
-                ref[(e, card.window - 1 + i * card.hop)] = y
+                ref[(e, card.window - 1 + i * card.hop)] = published(y)
     finally:
         engine.close()
     assert len(ref) == sum(len(hop_windows(x, card.window, card.hop)) for x in streams.values())

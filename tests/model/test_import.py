@@ -21,7 +21,7 @@ from stream_infer.model.card import load_card
 from stream_infer.model.datasets import Recordings, basic_motions
 from stream_infer.model.importer import export_module, import_onnx
 from stream_infer.state import NumpyStateSlab
-from tests.reference import hop_by_hop_any
+from tests.reference import hop_by_hop_any, published
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_an_imported_graph_is_served_by_the_service_pipeline(tmp_path: Path) -> 
                     (p for p in preds if p["entity"] == evaluate.entity_of(i, name)), key=lambda p: p["seq"]
                 )
                 np.testing.assert_allclose(
-                    [p["scores"] for p in got], hop_by_hop_any(engine, card, values), atol=1e-5
+                    [p["scores"] for p in got], published(hop_by_hop_any(engine, card, values)), atol=1e-5
                 )
         finally:
             engine.close()
@@ -210,3 +210,19 @@ def test_export_module_refuses_a_module_that_does_not_export(tmp_path: Path) -> 
 
     with pytest.raises(ModelError, match="does not export to ONNX"):
         export_module(Broken(), gru_sensor.CARD, tmp_path / "out")
+
+
+def test_import_creates_a_nested_out_and_never_overwrites_another_folder(
+    gru_onnx: Path, tmp_path: Path
+) -> None:
+    nested = tmp_path / "models" / "gru" / "v1"
+    import_onnx(gru_onnx, _card(), nested)
+    assert (nested / "model.json").exists()
+    import_onnx(gru_onnx, _card(), nested)  # an earlier artifact is replaced
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ModelError, match="not a model artifact"):
+        import_onnx(gru_onnx, _card(), other)
+    assert (other / "keep.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.rglob(".import-*")]

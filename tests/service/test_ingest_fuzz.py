@@ -26,6 +26,7 @@ from stream_infer.metrics import INVALID_REASONS
 from stream_infer.model.card import ModelCard
 from stream_infer.service import Service
 from stream_infer.testing import LinearEngine, ListProducer
+from tests.reference import published
 
 W, K, F = 4, 2, 3
 TS0 = 1_700_000_000_000
@@ -252,7 +253,7 @@ def check_run(fmt: str, polls: list[list[Rec]], poison: set[int], max_entities: 
         seqs = [p["seq"] for p in got]
         assert sorted(seqs) == sorted(ref), f"{e}: hops {seqs} != {sorted(ref)}"
         for p in got:
-            np.testing.assert_allclose(p["scores"], ref[p["seq"]], rtol=0, atol=1e-5)
+            np.testing.assert_allclose(p["scores"], published(ref[p["seq"]]), rtol=0, atol=1e-5)
 
 
 SETTINGS = settings(
@@ -343,6 +344,6 @@ def test_a_burst_of_new_entities_evicts_the_least_recently_seen_not_the_poll() -
         got = {p["seq"]: p["scores"] for p in preds if p["entity"] == e}
         assert sorted(got) == sorted(ref)
         for q, sc in got.items():
-            np.testing.assert_allclose(sc, ref[q], atol=1e-5)
+            np.testing.assert_allclose(sc, published(ref[q]), atol=1e-5)
     assert svc.store.slots.lookup("old-0") is None and svc.store.slots.lookup("new-4") is not None
     assert set(svc.store.tombstones) >= {f"old-{i}" for i in range(4)}
