@@ -139,7 +139,8 @@ def test_forecast_errors_and_baselines_by_hand() -> None:
         labels = ["x+1", "x+2"]
 
     preds = [
-        {"entity": "00000-r", "seq": t, "values": {"x+1": t * t + 1.0, "x+2": t * t + 1.0}} for t in range(1, 8)
+        {"entity": "00000-r", "seq": t, "values": {"x+1": t * t + 1.0, "x+2": t * t + 1.0}}
+        for t in range(1, 8)
     ]
     r = ev.evaluate(C(), recs, preds)  # type: ignore[arg-type]
     assert isinstance(r, ev.ForecastEvaluation)

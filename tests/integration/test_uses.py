@@ -1,0 +1,63 @@
+"""The uses of CNN-LSTM models on real data, end to end against the real broker: each model is
+trained here (few epochs: this checks serving, not accuracy; docs/model.md has the accuracy),
+served under exactly-once with a restart half way (its state restored from the changelog), and
+every hop is published once with the values ``evaluate`` computes offline within 1e-5."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_infer import evaluate
+from stream_infer.model.card import ModelCard
+from stream_infer.model.datasets import Recordings
+from tests.processes import ServiceProcess, StreamFeeder, check_delivery, read_hops, service_config
+from tests.reference import output_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _co2(out: Path) -> tuple[ModelCard, Recordings]:
+    from stream_infer.model.datasets import co2_weekly
+    from stream_infer.model.forecast import train_co2
+
+    return train_co2(out, epochs=2, hidden=16), co2_weekly()
+
+
+USES: dict[str, Callable[[Path], tuple[ModelCard, Recordings]]] = {"climate-co2": _co2}
+
+
+@pytest.mark.parametrize("use", list(USES))
+def test_a_use_is_served_once_per_hop_equal_to_evaluate(
+    kafka_bootstrap: str, new_topic, tmp_path: Path, procs, feeders, use: str
+) -> None:
+    artifact = tmp_path / "artifact"
+    card, recs = USES[use](artifact)
+    offline = evaluate.replay(artifact, recs)
+    entity = {evaluate.entity_of(i, n): n for i, n in enumerate(recs.names)}
+    ref = {(entity[p["entity"]], p["seq"]): np.asarray(output_of(p)) for p in offline}
+    assert ref, "no hop to serve"
+    streams = dict(zip(recs.names, recs.values, strict=True))
+
+    topic = new_topic(f"use-{use}", partitions=2)
+    fmt = "json" if card.kind == "sensor" else "f32"
+    cfg = service_config(
+        kafka_bootstrap, topic, artifact, "a", delivery={"guarantee": "exactly-once"}, input={"format": fmt}
+    )
+    procs.append(first := ServiceProcess(cfg, tmp_path))
+    first.wait_ready(120)
+    feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 800, fmt=fmt))
+    feeder.start(upto=feeder.rounds // 2)
+    feeder.wait_idle(60)
+    assert first.terminate(30) == 0, first.log()
+    procs.append(second := ServiceProcess(cfg, tmp_path))
+    second.wait_ready(120)
+    feeder.join(180)
+    preds = read_hops(kafka_bootstrap, f"{topic}.out", set(ref), timeout_s=90)
+    check_delivery(preds, ref, "exactly-once", atol=1e-5)
+    assert second.metric("stream_infer_state_restored_entities_total") > 0
+    assert second.terminate(30) == 0, second.log()
+    assert {p["head"] for p in preds} == {card.head_kind}

@@ -1,0 +1,44 @@
+"""The uses on real data, offline: the data as shipped, the trained card, and evaluate's figures
+equal to training's own on the same split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stream_infer import evaluate as ev
+from stream_infer.cli import app
+from stream_infer.model.card import load_card
+from stream_infer.model.datasets import co2_weekly
+
+pytestmark = pytest.mark.slow
+
+
+def test_co2_is_the_mauna_loa_series_split_by_date() -> None:
+    recs = co2_weekly(52)
+    train, test = recs.values
+    assert recs.split == ["train", "test"] and recs.channels == ["co2"]
+    assert len(train) + len(test) - 51 == 2284  # every week once, the test recording 51 weeks early
+    np.testing.assert_array_equal(test[:51], train[-51:])
+    assert 310 < train[0, 0] < 320 and 365 < test[-1, 0] < 375  # ppm, 1958 and 2001
+    assert np.isfinite(train).all() and "missing weeks filled" in recs.notes[0]
+
+
+def test_the_co2_forecaster_is_scored_by_evaluate_as_in_training(tmp_path: Path) -> None:
+    out = tmp_path / "co2"
+    result = CliRunner().invoke(app, ["train", "--dataset", "co2", "--out", str(out), "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    card = load_card(out)
+    assert card.head_kind == "regression" and card.labels == ["co2+1", "co2+2", "co2+3", "co2+4"]
+    recs = co2_weekly(card.window).subset("test")
+    r = ev.evaluate(card, recs, ev.replay(out, recs))
+    assert isinstance(r, ev.ForecastEvaluation)
+    assert r.n_hops == card.accuracy["n"] == len(recs.values[0]) - card.window - 3
+    assert r.mae == pytest.approx(card.accuracy["mae"], abs=1e-4)
+    assert r.baselines["persistence"]["mae"] == pytest.approx(card.accuracy["persistence_mae"], abs=1e-4)
+    assert set(r.baselines) == {"persistence", "seasonal naive (52)"}
+    shown = CliRunner().invoke(app, ["evaluate", str(out), "--dataset", "co2"])
+    assert shown.exit_code == 0 and "seasonal naive (52)" in shown.output, shown.output
