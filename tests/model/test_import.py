@@ -4,9 +4,12 @@ number and shape of state tensors goes through the slab, the changelog and the p
 from __future__ import annotations
 
 import copy
+import json
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -21,7 +24,7 @@ from stream_infer.model.card import load_card
 from stream_infer.model.datasets import Recordings, basic_motions
 from stream_infer.model.importer import export_module, import_onnx
 from stream_infer.state import NumpyStateSlab
-from tests.reference import hop_by_hop_any, published
+from tests.reference import hop_by_hop_any, output_of, published
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def gru_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _card(**over: Any) -> dict[str, Any]:
     card = copy.deepcopy(gru_sensor.CARD)
     card.update(over)
-    return card
+    return {k: v for k, v in card.items() if v is not None}
 
 
 class _FixedBatch(nn.Module):
@@ -98,6 +101,13 @@ BREACHES: dict[str, tuple[Any, str]] = {
         "input 'window' is [B, 20, 6], the card says [B, 20, 3]",
     ),
     "fixed batch": (lambda p, t: (_fixed_batch_onnx(t), _card()), "fixed batch dimension 2"),
+    "unknown head kind": (lambda p, t: (p, _card(head="ranking")), "head kind must be one of"),
+    "anomaly without threshold": (
+        lambda p, t: (p, _card(labels=None, outputs=["score"], head={"kind": "anomaly"})),
+        "needs a finite number as head.threshold",
+    ),
+    "labels and outputs": (lambda p, t: (p, _card(outputs=["a"])), "not both"),
+    "unknown head key": (lambda p, t: (p, _card(head={"kind": "regression", "lag": 3})), "unknown head keys"),
     "names used twice": (
         lambda p, t: (
             p,
@@ -226,3 +236,49 @@ def test_import_creates_a_nested_out_and_never_overwrites_another_folder(
         import_onnx(gru_onnx, _card(), other)
     assert (other / "keep.txt").read_text() == "mine"
     assert not [p for p in tmp_path.rglob(".import-*")]
+
+
+class _GRUHead(nn.Module):
+    """The GRU example's encoder and state with a head of ``k`` outputs."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.body = gru_sensor.GRUSensor()
+        self.body.head = nn.Linear(gru_sensor.HIDDEN, k)
+
+    def forward(self, window: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.body(window, h)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", ["regression", "anomaly"])
+def test_regression_and_anomaly_heads_are_imported_and_published(tmp_path: Path, kind: str) -> None:
+    """Through the service's pipeline: documents of the head's kind that validate against the
+    prediction schema, their numbers equal to the graph stepped hop by hop."""
+    torch.manual_seed(3)
+    outputs = ["acc_x+1", "acc_y+1"] if kind == "regression" else ["score"]
+    head = {"kind": kind} | ({"threshold": 0.0} if kind == "anomaly" else {})
+    card = export_module(
+        _GRUHead(len(outputs)), _card(labels=None, outputs=outputs, head=head), tmp_path / "a"
+    )
+    assert card.head_kind == kind and card.labels == outputs
+    recs = basic_motions().subset("test").select(list(range(4)))
+    preds = evaluate.replay(tmp_path / "a", recs)
+    schema = json.loads((files("stream_infer") / "schemas" / "prediction.schema.json").read_text())
+    engine = open_engine(tmp_path / "a", "onnxruntime", "cpu", 8)
+    try:
+        for i, (name, values) in enumerate(zip(recs.names, recs.values, strict=True)):
+            got = sorted(
+                (p for p in preds if p["entity"] == evaluate.entity_of(i, name)), key=lambda p: p["seq"]
+            )
+            for p in got:
+                jsonschema.validate(p, schema)
+                assert p["head"] == kind
+            np.testing.assert_allclose(
+                [output_of(p) for p in got], hop_by_hop_any(engine, card, values), atol=1e-5
+            )
+            if kind == "anomaly":
+                assert all(p["anomaly"] == (p["score"] > 0.0) for p in got)
+            else:
+                assert all(list(p["values"]) == outputs for p in got)
+    finally:
+        engine.close()
