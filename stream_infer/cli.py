@@ -38,7 +38,7 @@ def _main(
 
 # --- model commands: train, export, build-engine (stream_infer.model, engines/) ---
 
-_DATASETS = ("basicmotions", "lfw", "co2")
+_DATASETS = ("basicmotions", "lfw", "co2", "abp")
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -53,7 +53,8 @@ def train(
         ..., "--out", help="Artifact directory to write (model.json, weights.pt, model.onnx)."
     ),
     dataset: str = typer.Option(
-        "basicmotions", help="Built-in dataset: basicmotions (sensor), lfw (frames) or co2 (forecasting)."
+        "basicmotions",
+        help="Built-in dataset: basicmotions (sensor), lfw (frames), co2 (forecasting), abp (anomaly).",
     ),
     data: Path | None = typer.Option(
         None, help="Your own dataset directory (docs/data-format.md); overrides --dataset."
@@ -128,6 +129,10 @@ def train(
             from stream_infer.model import forecast
 
             card = forecast.train_co2(out, seed=seed, epochs=epochs or 60, hidden=hidden, progress=progress)
+        elif dataset == "abp":
+            from stream_infer.model import anomaly
+
+            card = anomaly.train_abp(out, seed=seed, epochs=epochs or 40, progress=progress)
         elif dataset == "lfw":
             card = training.train_frames(
                 datasets.lfw_frames(seed=seed),
@@ -246,10 +251,12 @@ def _recordings(dataset: str, data: Path | None, split: str, split_by: str | Non
     if recs is None:
         if dataset == "co2":
             recs = datasets.co2_weekly()
+        elif dataset == "abp":
+            recs = datasets.abp_internal_bleeding()
         elif dataset == "basicmotions":
             recs = datasets.basic_motions()
         else:
-            raise typer.BadParameter("built-in recordings: basicmotions, co2", param_hint="--dataset")
+            raise typer.BadParameter("built-in recordings: basicmotions, co2, abp", param_hint="--dataset")
     if split != "all":
         recs = recs.subset(split)
     if not len(recs):

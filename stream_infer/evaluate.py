@@ -159,15 +159,50 @@ class ForecastEvaluation:
         return "\n".join(out)
 
 
+@dataclass(frozen=True)
+class AnomalyEvaluation:
+    """Anomaly figures over recordings with labelled events: every hop at the card's threshold
+    (precision, recall), and the UCR anomaly archive's location test (the hop with the highest
+    score lies within ``UCR_MARGIN`` samples of the labelled event), for the model and for the
+    persistence baseline (score |x_t - x_(t-1)|, no threshold needed for the location test)."""
+
+    model: str
+    n_recordings: int
+    n_hops: int
+    threshold: float
+    flagged: int
+    precision: float
+    recall: float
+    located: int  # recordings whose highest score is within the margin of their event
+    baseline_located: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def table(self) -> str:
+        return "\n".join(
+            [
+                f"model {self.model}: {self.n_recordings} recordings with a labelled event, {self.n_hops} hops",
+                f"threshold {self.threshold:g}: {self.flagged} hops flagged, precision {self.precision:.4f}, "
+                f"recall {self.recall:.4f} (hops inside a labelled event)",
+                f"highest score within {UCR_MARGIN} samples of the event (UCR archive test): model "
+                f"{self.located}/{self.n_recordings}, persistence baseline {self.baseline_located}/{self.n_recordings}",
+            ]
+        )
+
+
+UCR_MARGIN = 100  # samples either side of the labelled event (Wu & Keogh's archive protocol)
+
+
 def evaluate(
     card: ModelCard, recordings: Recordings, predictions: list[dict[str, Any]]
-) -> Evaluation | ForecastEvaluation:
+) -> Evaluation | ForecastEvaluation | AnomalyEvaluation:
     """Score ``predictions`` (from ``replay``): against the recordings' labels for a
     classification head, against the recordings' own future values for a regression head."""
     if card.head_kind == "regression":
         return evaluate_forecast(card, recordings, predictions)
-    if card.head_kind != "classification":
-        raise DataError(f"evaluate scores classification and regression heads, not {card.head_kind}")
+    if card.head_kind == "anomaly":
+        return evaluate_anomaly(card, recordings, predictions)
     index = {c: i for i, c in enumerate(card.labels)}
     unknown = sorted(set(recordings.labels) - set(index))
     if unknown:
@@ -279,6 +314,53 @@ def evaluate_forecast(
         model["rmse"],
         model["mae_per_step"],
         baselines,
+    )
+
+
+def evaluate_anomaly(
+    card: ModelCard, recordings: Recordings, predictions: list[dict[str, Any]]
+) -> AnomalyEvaluation:
+    """Each hop's score against the recording's per-sample event labels (``events``)."""
+    if not recordings.events:
+        raise DataError(
+            "evaluating an anomaly head needs recordings with labelled events (per-sample labels)"
+        )
+    threshold = float(card.head["threshold"])
+    by_entity: dict[str, list[dict[str, Any]]] = {}
+    for p in predictions:
+        by_entity.setdefault(p["entity"], []).append(p)
+    n_rec = n_hops = flagged = hits = positives = located = baseline_located = 0
+    for i, (name, values, events) in enumerate(
+        zip(recordings.names, recordings.values, recordings.events, strict=True)
+    ):
+        hops = sorted(by_entity.get(entity_of(i, name), []), key=lambda p: p["seq"])
+        where = np.flatnonzero(events)
+        if not hops or not len(where):
+            continue
+        n_rec += 1
+        seq = np.asarray([p["seq"] for p in hops])
+        score = np.asarray([p["score"] for p in hops])
+        inside = events[seq]
+        n_hops += len(seq)
+        flagged += int((score > threshold).sum())
+        hits += int((inside & (score > threshold)).sum())
+        positives += int(inside.sum())
+        lo, hi = where[0] - UCR_MARGIN, where[-1] + UCR_MARGIN
+        located += int(lo <= seq[score.argmax()] <= hi)
+        jump = np.abs(np.diff(values[:, 0]))
+        baseline_located += int(lo <= int(jump.argmax()) + 1 <= hi)
+    if n_rec == 0:
+        raise DataError("no recording with a labelled event has a hop: nothing to evaluate")
+    return AnomalyEvaluation(
+        card.model_id,
+        n_rec,
+        n_hops,
+        threshold,
+        flagged,
+        hits / flagged if flagged else 0.0,
+        hits / positives if positives else 0.0,
+        located,
+        baseline_located,
     )
 
 

@@ -38,6 +38,7 @@ class Recordings:
     classes: list[str] = field(default_factory=list)  # sorted label set (the model's output order)
     groups: list[str] = field(default_factory=list)  # [N] hold-out groups (--split-by; else names)
     notes: list[str] = field(default_factory=list)  # what loading changed (a time column dropped)
+    events: list[np.ndarray] = field(default_factory=list)  # [N] per-sample bool: labelled anomaly
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -65,6 +66,7 @@ class Recordings:
             self.classes,
             [self.groups[i] for i in keep],
             self.notes,
+            [self.events[i] for i in keep] if self.events else [],
         )
 
     @property
@@ -136,6 +138,37 @@ def co2_weekly(window: int = 52) -> Recordings:
         "co2",
         f"weeks before {CO2_TEST_FROM} train, from it test",
         notes=[f"co2: {int(missing.sum())} missing weeks filled by linear interpolation"],
+    )
+
+
+# --- Arterial blood pressure: internal bleeding -------------------------------------------------
+
+ABP_TRAIN = 1200  # the archive's anomaly-free prefix, for training
+
+
+def abp_internal_bleeding() -> Recordings:
+    """Arterial blood pressure (mmHg) of an animal during induced internal bleeding,
+    7,501 samples, one labelled anomaly (samples 4187-4198): ``135_UCR_Anomaly_InternalBleeding16`` of the
+    UCR time-series anomaly archive (KDD Cup 2021), shipped inside aeon. Two recordings: the
+    archive's anomaly-free training prefix (``train``, 1,200 samples) and the whole series
+    (``test``) with its per-sample labels in ``events``."""
+    spec = importlib.util.find_spec("aeon")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the abp dataset ships inside aeon: pip install 'stream-infer[train]'")
+    root = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "KDD-TSAD_135"
+    with (root / "135_UCR_Anomaly_InternalBleeding16_TEST.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    values = np.asarray([float(r["value"]) for r in rows], dtype=np.float32)[:, None]
+    mask = np.asarray([r["is_anomaly"] == "1" for r in rows])
+    return Recordings(
+        [values[:ABP_TRAIN], values],
+        ["normal", "bleeding"],
+        ["abp-train", "abp"],
+        ["train", "test"],
+        ["abp"],
+        "abp-internal-bleeding",
+        f"the archive's split: the first {ABP_TRAIN} samples (no anomaly) train",
+        events=[mask[:ABP_TRAIN], mask],
     )
 
 

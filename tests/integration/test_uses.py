@@ -27,7 +27,14 @@ def _co2(out: Path) -> tuple[ModelCard, Recordings]:
     return train_co2(out, epochs=2, hidden=16), co2_weekly()
 
 
-USES: dict[str, Callable[[Path], tuple[ModelCard, Recordings]]] = {"climate-co2": _co2}
+def _abp(out: Path) -> tuple[ModelCard, Recordings]:
+    from stream_infer.model.anomaly import train_abp
+    from stream_infer.model.datasets import abp_internal_bleeding
+
+    return train_abp(out, epochs=2, hidden=16), abp_internal_bleeding().subset("test")
+
+
+USES: dict[str, Callable[[Path], tuple[ModelCard, Recordings]]] = {"climate-co2": _co2, "medical-abp": _abp}
 
 
 @pytest.mark.parametrize("use", list(USES))
@@ -49,7 +56,7 @@ def test_a_use_is_served_once_per_hop_equal_to_evaluate(
     )
     procs.append(first := ServiceProcess(cfg, tmp_path))
     first.wait_ready(120)
-    feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 800, fmt=fmt))
+    feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 1500, fmt=fmt))
     feeder.start(upto=feeder.rounds // 2)
     feeder.wait_idle(60)
     assert first.terminate(30) == 0, first.log()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from stream_infer import evaluate as ev
 from stream_infer.cli import app
 from stream_infer.model.card import load_card
-from stream_infer.model.datasets import co2_weekly
+from stream_infer.model.datasets import abp_internal_bleeding, co2_weekly
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +42,30 @@ def test_the_co2_forecaster_is_scored_by_evaluate_as_in_training(tmp_path: Path)
     assert set(r.baselines) == {"persistence", "seasonal naive (52)"}
     shown = CliRunner().invoke(app, ["evaluate", str(out), "--dataset", "co2"])
     assert shown.exit_code == 0 and "seasonal naive (52)" in shown.output, shown.output
+
+
+def test_abp_is_the_archive_series_with_its_event() -> None:
+    recs = abp_internal_bleeding()
+    train, full = recs.values
+    assert len(full) == 7501 and len(train) == 1200 and recs.split == ["train", "test"]
+    np.testing.assert_array_equal(full[:1200], train)
+    event = np.flatnonzero(recs.events[1])
+    assert (event[0], event[-1]) == (4187, 4198) and not recs.events[0].any()
+    assert 40 < float(full.min()) and float(full.max()) < 130  # mmHg
+
+
+def test_the_abp_anomaly_model_flags_the_event_as_evaluate_reports(tmp_path: Path) -> None:
+    out = tmp_path / "abp"
+    result = CliRunner().invoke(app, ["train", "--dataset", "abp", "--out", str(out), "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    card = load_card(out)
+    assert card.head_kind == "anomaly" and card.labels == ["score"] and card.head["threshold"] > 0
+    assert [s.input for s in card.states] == ["h0", "c0", "expect"]  # its own forecast, carried
+    recs = abp_internal_bleeding().subset("test")
+    preds = ev.replay(out, recs)
+    r = ev.evaluate(card, recs, preds)
+    assert isinstance(r, ev.AnomalyEvaluation) and r.n_hops == 7501 - card.window + 1
+    assert r.flagged == sum(p["anomaly"] for p in preds)
+    assert r.located == 1 and r.baseline_located == 1  # the event is a jump: persistence finds it too
+    first = min(preds, key=lambda p: p["seq"])
+    assert first["score"] == 0.0  # no forecast yet for a new entity
