@@ -51,7 +51,7 @@ def test_abp_is_the_archive_series_with_its_event() -> None:
     np.testing.assert_array_equal(full[:1200], train)
     event = np.flatnonzero(recs.events[1])
     assert (event[0], event[-1]) == (4187, 4198) and not recs.events[0].any()
-    assert 40 < float(full.min()) and float(full.max()) < 130  # mmHg
+    assert float(full.min()) > 40 and float(full.max()) < 130  # mmHg
 
 
 def test_the_abp_anomaly_model_flags_the_event_as_evaluate_reports(tmp_path: Path) -> None:
