@@ -171,8 +171,11 @@ def _window_and_hop(window: int | None, hop: int | None, rate: float | None) -> 
 def _summary(card: Any, out: Path) -> str:
     """The last line of ``train``, with or without a progress bar."""
     acc = ", ".join(f"{k}={v:.3f}" for k, v in card.accuracy.items() if isinstance(v, float))
-    what = "test accuracy" if card.head_kind == "classification" else "test"
-    line = f"{card.model_id} -> {out} ({what}: {acc}"
+    if card.head_kind == "anomaly":
+        line = f"{card.model_id} -> {out} (threshold {card.head['threshold']:g}: `stream-infer evaluate` scores it"
+    else:
+        what = "test accuracy" if card.head_kind == "classification" else "test"
+        line = f"{card.model_id} -> {out} ({what}: {acc}"
     if val := card.training.get("validation"):
         line += f"; best epoch {val['best_epoch']} of {val['epochs_run']} by validation loss"
     if seeds := card.training.get("seeds"):
