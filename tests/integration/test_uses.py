@@ -34,7 +34,20 @@ def _abp(out: Path) -> tuple[ModelCard, Recordings]:
     return train_abp(out, epochs=2, hidden=16), abp_internal_bleeding().subset("test")
 
 
-USES: dict[str, Callable[[Path], tuple[ModelCard, Recordings]]] = {"climate-co2": _co2, "medical-abp": _abp}
+def _ecg(out: Path) -> tuple[ModelCard, Recordings]:
+    from stream_infer.model.datasets import ecg5000
+    from stream_infer.model.train import train_sensor
+
+    recs = ecg5000()
+    card = train_sensor(recs, out, window=20, hop=10, epochs=2, hidden=16, progress=False, val_fraction=0.0)
+    return card, recs.subset("test").select(list(range(24)))
+
+
+USES: dict[str, Callable[[Path], tuple[ModelCard, Recordings]]] = {
+    "climate-co2": _co2,
+    "medical-abp": _abp,
+    "medical-ecg5000": _ecg,
+}
 
 
 @pytest.mark.parametrize("use", list(USES))

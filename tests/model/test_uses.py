@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from stream_infer import evaluate as ev
 from stream_infer.cli import app
 from stream_infer.model.card import load_card
-from stream_infer.model.datasets import abp_internal_bleeding, co2_weekly
+from stream_infer.model.datasets import abp_internal_bleeding, co2_weekly, ecg5000
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +69,13 @@ def test_the_abp_anomaly_model_flags_the_event_as_evaluate_reports(tmp_path: Pat
     assert r.located == 1 and r.baseline_located == 1  # the event is a jump: persistence finds it too
     first = min(preds, key=lambda p: p["seq"])
     assert first["score"] == 0.0  # no forecast yet for a new entity
+
+
+def test_ecg5000_is_the_archive_split_with_its_five_classes() -> None:
+    recs = ecg5000()
+    assert recs.split.count("train") == 500 and recs.split.count("test") == 4500
+    assert {v.shape for v in recs.values} == {(140, 1)}
+    test = recs.subset("test").labels
+    assert {c: test.count(c) for c in recs.classes} == {
+        "normal": 2627, "pvc": 86, "r-on-t-pvc": 1590, "supraventricular": 175, "unclassified": 22,
+    }  # fmt: skip
