@@ -38,7 +38,7 @@ def _main(
 
 # --- model commands: train, export, build-engine (stream_infer.model, engines/) ---
 
-_DATASETS = ("basicmotions", "lfw", "co2", "abp", "ecg5000")
+_DATASETS = ("basicmotions", "lfw", "co2", "abp", "ecg5000", "japanesevowels")
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -54,7 +54,7 @@ def train(
     ),
     dataset: str = typer.Option(
         "basicmotions",
-        help="Built-in dataset: basicmotions, ecg5000 (sensor), lfw (frames), co2 (forecasting), abp (anomaly).",
+        help="Built-in dataset: basicmotions, ecg5000, japanesevowels (sensor), lfw (frames), co2 (forecasting), abp (anomaly).",
     ),
     data: Path | None = typer.Option(
         None, help="Your own dataset directory (docs/data-format.md); overrides --dataset."
@@ -96,7 +96,7 @@ def train(
     from stream_infer.model import train as training
 
     try:
-        if data is not None or dataset in ("basicmotions", "ecg5000"):
+        if data is not None or dataset in ("basicmotions", "ecg5000", "japanesevowels"):
             if data is not None:
                 recs = datasets.load_recordings(
                     data, split_by=split_by, test_fraction=test_fraction, seed=seed
@@ -105,6 +105,9 @@ def train(
             elif dataset == "ecg5000":
                 recs, default_name = datasets.ecg5000(), "ecg5000-cnnlstm"
                 window, hop = window or 20, hop or 10  # a beat is 140 samples: 13 hops
+            elif dataset == "japanesevowels":
+                recs, default_name = datasets.japanese_vowels(), "japanesevowels-cnnlstm"
+                window, hop = window or 5, hop or 1  # the shortest utterance has 7 frames
             else:
                 recs, default_name = datasets.basic_motions(), "basicmotions-cnnlstm"
                 sample_rate = sample_rate or 10.0  # BasicMotions is sampled at 10 Hz
@@ -261,6 +264,8 @@ def _recordings(dataset: str, data: Path | None, split: str, split_by: str | Non
             recs = datasets.abp_internal_bleeding()
         elif dataset == "ecg5000":
             recs = datasets.ecg5000()
+        elif dataset == "japanesevowels":
+            recs = datasets.japanese_vowels()
         elif dataset == "basicmotions":
             recs = datasets.basic_motions()
         else:

@@ -169,6 +169,37 @@ def ecg5000() -> Recordings:
     )
 
 
+# --- JapaneseVowels: speakers from utterances ----------------------------------------------------
+
+
+def japanese_vowels() -> Recordings:
+    """JapaneseVowels (UEA multivariate archive, Kudo et al. 1999): 640 utterances of the vowels
+    /ae/ by nine male speakers, each 7-29 frames of 12 LPC cepstrum coefficients, labelled by
+    speaker; the archive's 270/370 train/test split. Ships inside aeon."""
+    spec = importlib.util.find_spec("aeon")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the japanesevowels dataset ships inside aeon: pip install 'stream-infer[train]'")
+    root = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "JapaneseVowels"
+    values: list[np.ndarray] = []
+    labels: list[str] = []
+    split: list[str] = []
+    for part in SPLITS:
+        with (root / f"JapaneseVowels_{part.upper()}.ts").open() as f:
+            lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith(("#", "@"))]
+        for ln in lines:
+            *dims, label = ln.split(":")
+            values.append(
+                np.asarray([[float(v) for v in d.split(",")] for d in dims], dtype=np.float32).T.copy()
+            )
+            labels.append(f"speaker-{label}")
+            split.append(part)
+    names = [f"{s}-{i:03d}" for i, s in enumerate(split)]
+    channels = [f"lpc{i}" for i in range(12)]
+    return Recordings(
+        values, labels, names, split, channels, "japanesevowels", "official UEA split (270 train, 370 test)"
+    )
+
+
 # --- Arterial blood pressure: internal bleeding -------------------------------------------------
 
 ABP_TRAIN = 1200  # the archive's anomaly-free prefix, for training

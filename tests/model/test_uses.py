@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from stream_infer import evaluate as ev
 from stream_infer.cli import app
 from stream_infer.model.card import load_card
-from stream_infer.model.datasets import abp_internal_bleeding, co2_weekly, ecg5000
+from stream_infer.model.datasets import abp_internal_bleeding, co2_weekly, ecg5000, japanese_vowels
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +79,25 @@ def test_ecg5000_is_the_archive_split_with_its_five_classes() -> None:
     assert {c: test.count(c) for c in recs.classes} == {
         "normal": 2627, "pvc": 86, "r-on-t-pvc": 1590, "supraventricular": 175, "unclassified": 22,
     }  # fmt: skip
+
+
+def test_japanese_vowels_is_the_archive_split_of_nine_speakers() -> None:
+    recs = japanese_vowels()
+    assert recs.split.count("train") == 270 and recs.split.count("test") == 370
+    assert len(recs.classes) == 9 and recs.channels[0] == "lpc0" and len(recs.channels) == 12
+    lengths = [len(v) for v in recs.values]
+    assert (min(lengths), max(lengths)) == (7, 29)
+    train = recs.subset("train").labels
+    assert {train.count(c) for c in recs.classes} == {30}  # 30 utterances per speaker
+
+
+def test_japanese_vowels_trains_and_every_utterance_gets_a_prediction(tmp_path: Path) -> None:
+    out = tmp_path / "jv"
+    args = ["train", "--dataset", "japanesevowels", "--out", str(out), "--epochs", "2", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    card = load_card(out)
+    assert (card.window, card.hop) == (5, 1) and card.sample_shape == [12]
+    recs = japanese_vowels().subset("test")
+    r = ev.evaluate(card, recs, ev.replay(out, recs))
+    assert r.n_recordings == 370  # the shortest utterance still gets its hops
