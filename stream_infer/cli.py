@@ -38,7 +38,7 @@ def _main(
 
 # --- model commands: train, export, build-engine (stream_infer.model, engines/) ---
 
-_DATASETS = ("basicmotions", "lfw", "co2", "abp", "ecg5000", "japanesevowels")
+_DATASETS = ("basicmotions", "lfw", "fingerspelling", "co2", "abp", "ecg5000", "japanesevowels")
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -54,7 +54,7 @@ def train(
     ),
     dataset: str = typer.Option(
         "basicmotions",
-        help="Built-in dataset: basicmotions, ecg5000, japanesevowels (sensor), lfw (frames), co2 (forecasting), abp (anomaly).",
+        help="Built-in dataset: basicmotions, ecg5000, japanesevowels (sensor), lfw, fingerspelling (frames), co2 (forecasting), abp (anomaly).",
     ),
     data: Path | None = typer.Option(
         None, help="Your own dataset directory (docs/data-format.md); overrides --dataset."
@@ -130,6 +130,18 @@ def train(
                 val_fraction=val_fraction,
                 patience=patience,
                 sample_rate_hz=sample_rate,
+            )
+        elif dataset == "fingerspelling":
+            card = training.train_frame_sequences(
+                datasets.fingerspelling(seed=seed),
+                out,
+                name=name or "fingerspelling-cnnlstm",
+                epochs=epochs or 60,
+                hidden=hidden,
+                layers=layers,
+                lr=lr,
+                seed=seed,
+                progress=progress,
             )
         elif dataset == "co2":
             from stream_infer.model import forecast
@@ -266,6 +278,8 @@ def _recordings(dataset: str, data: Path | None, split: str, split_by: str | Non
             recs = datasets.ecg5000()
         elif dataset == "japanesevowels":
             recs = datasets.japanese_vowels()
+        elif dataset == "fingerspelling":
+            recs = datasets.fingerspelling(seed=seed)
         elif dataset == "basicmotions":
             recs = datasets.basic_motions()
         else:

@@ -200,6 +200,82 @@ def japanese_vowels() -> Recordings:
     )
 
 
+# --- Fingerspelling: letters signed in 16 sign languages, as pose frames ---------------------------
+
+_LEFT, _RIGHT = 511, 532  # first point of each hand (after 33 body and 478 face points)
+_HAND_BONES = np.array(
+    [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11), (11, 12),
+     (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (17, 18), (18, 19), (19, 20), (0, 17)]
+)  # fmt: skip
+
+
+def fingerspelling(size: int = 32, test_fraction: float = 0.25, seed: int = 0) -> Recordings:
+    """Fingerspelled letters A-Z, one clip per letter in each of 16 sign languages (14 for Q, W
+    and X): 410 clips of 17-46 frames at 24-30 fps, real signers filmed and turned into
+    MediaPipe Holistic keypoints (the fingerspelling lexicon that ships inside spoken-to-signed).
+
+    Each frame is drawn as an image ``[2, size, size]`` (0..255) of the hands' skeletons: the
+    hand seen in more frames in channel 0, the other in channel 1, each centred on its own wrist
+    and scaled by its size (a left hand mirrored), so a frame shows the handshape, which is what
+    spells a letter, whatever the signer's build or place. The test split is a seeded
+    ``test_fraction`` of each letter's clips (languages are mixed in both)."""
+    spec = importlib.util.find_spec("spoken_to_signed")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "the fingerspelling dataset ships inside spoken-to-signed: pip install 'stream-infer[train]'"
+        )
+    from pose_format import Pose
+
+    root = Path(list(spec.submodule_search_locations)[0]) / "assets" / "fingerspelling_lexicon"
+    with (root / "data.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if len(r["words"]) == 1 and "A" <= r["words"] <= "Z"]
+    rows.sort(key=lambda r: (r["words"], r["signed_language"]))
+    values = [_hand_frames(Pose.read((root / r["path"]).read_bytes()).body.data, size) for r in rows]
+    labels = [r["words"] for r in rows]
+    rng = np.random.default_rng(seed)
+    split = ["train"] * len(rows)
+    for letter in sorted(set(labels)):
+        idx = [i for i, x in enumerate(labels) if x == letter]
+        for i in rng.choice(idx, size=max(1, round(test_fraction * len(idx))), replace=False):
+            split[int(i)] = "test"
+    names = [f"{r['signed_language']}-{r['words']}" for r in rows]
+    return Recordings(
+        values,
+        labels,
+        names,
+        split,
+        [],
+        "fingerspelling",
+        f"seeded {test_fraction:.0%} of each letter's clips (seed {seed})",
+    )
+
+
+def _hand_frames(data: Any, size: int) -> np.ndarray:
+    """MediaPipe Holistic points ``[T, 1, 586, 3]`` (masked where not found) -> ``[T, 2, size, size]``."""
+    xy = np.ma.filled(data[:, 0, :, :2], np.nan).astype(np.float64)  # [T, 586, 2]
+    hands = [xy[:, _LEFT : _LEFT + 21].copy(), xy[:, _RIGHT : _RIGHT + 21].copy()]
+    hands[0][..., 0] *= -1  # mirror the left hand: both look like a right hand
+    seen = [int(np.isfinite(h).all(axis=(1, 2)).sum()) for h in hands]
+    order = [1, 0] if seen[1] >= seen[0] else [0, 1]
+    frames = np.zeros((len(xy), 2, size, size), np.float32)
+    t_steps = np.linspace(0.0, 1.0, 6)
+    for channel, which in enumerate(order):
+        h = hands[which]  # [T, 21, 2]
+        ok = np.isfinite(h).all(axis=(1, 2))
+        if not ok.any():
+            continue
+        span = np.nanmax(np.ptp(h[ok], axis=1).max(axis=1))
+        rel = (h - h[:, :1]) / (span if span > 0 else 1.0)  # wrist at the origin, hand about 1 wide
+        a, b = rel[:, _HAND_BONES[:, 0]], rel[:, _HAND_BONES[:, 1]]  # [T, 21 bones, 2]
+        pts = a[:, :, None] + (b - a)[:, :, None] * t_steps[None, None, :, None]  # [T, bones, 6, 2]
+        pix = np.floor((pts + 1.0) / 2.0 * size)
+        t = np.broadcast_to(np.arange(len(xy))[:, None, None], pix.shape[:3]).ravel()
+        x, y = pix[..., 0].ravel(), pix[..., 1].ravel()
+        inside = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x < size) & (y >= 0) & (y < size)
+        frames[t[inside], channel, y[inside].astype(int), x[inside].astype(int)] = 255.0
+    return frames
+
+
 # --- Arterial blood pressure: internal bleeding -------------------------------------------------
 
 ABP_TRAIN = 1200  # the archive's anomaly-free prefix, for training

@@ -43,7 +43,17 @@ def _ecg(out: Path) -> tuple[ModelCard, Recordings]:
     return card, recs.subset("test").select(list(range(24)))
 
 
+def _fingerspelling(out: Path) -> tuple[ModelCard, Recordings]:
+    from stream_infer.model.datasets import fingerspelling
+    from stream_infer.model.train import train_frame_sequences
+
+    recs = fingerspelling()
+    card = train_frame_sequences(recs, out, epochs=1, hidden=16, conv_channels=8, progress=False)
+    return card, recs.subset("test").select(list(range(8)))
+
+
 USES: dict[str, Callable[[Path], tuple[ModelCard, Recordings]]] = {
+    "video-fingerspelling": _fingerspelling,
     "climate-co2": _co2,
     "medical-abp": _abp,
     "medical-ecg5000": _ecg,

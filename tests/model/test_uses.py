@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 from stream_infer import evaluate as ev
 from stream_infer.cli import app
 from stream_infer.model.card import load_card
-from stream_infer.model.datasets import abp_internal_bleeding, co2_weekly, ecg5000, japanese_vowels
+from stream_infer.model.datasets import (
+    abp_internal_bleeding,
+    co2_weekly,
+    ecg5000,
+    fingerspelling,
+    japanese_vowels,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +107,31 @@ def test_japanese_vowels_trains_and_every_utterance_gets_a_prediction(tmp_path: 
     recs = japanese_vowels().subset("test")
     r = ev.evaluate(card, recs, ev.replay(out, recs))
     assert r.n_recordings == 370  # the shortest utterance still gets its hops
+
+
+def test_fingerspelling_is_26_letters_of_real_signers_as_hand_frames() -> None:
+    recs = fingerspelling()
+    assert len(recs) == 410 and recs.classes == [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    assert {v.shape[1:] for v in recs.values} == {(2, 32, 32)}
+    assert min(len(v) for v in recs.values) >= 17
+    for letter in recs.classes:  # a quarter of each letter's clips held out
+        n = recs.labels.count(letter)
+        held = sum(1 for x, s in zip(recs.labels, recs.split, strict=True) if x == letter and s == "test")
+        assert held == round(0.25 * n)
+    lit = np.mean([(v[:, 0] > 0).mean() for v in recs.values])
+    assert 0.01 < lit < 0.2  # a skeleton, not an empty or a full image
+    assert fingerspelling(seed=1).split != recs.split
+
+
+def test_the_fingerspelling_model_is_scored_by_evaluate_as_in_training(tmp_path: Path) -> None:
+    from stream_infer.model.train import train_frame_sequences
+
+    recs = fingerspelling()
+    card = train_frame_sequences(recs, tmp_path / "fs", epochs=1, hidden=16, conv_channels=8, progress=False)
+    assert card.kind == "frame" and card.sample_shape == [2, 32, 32]
+    assert card.accuracy["chance"] == pytest.approx(1 / 26)
+    test = recs.subset("test")
+    r = ev.evaluate(card, test, ev.replay(tmp_path / "fs", test))
+    assert isinstance(r, ev.Evaluation) and r.n_recordings == 104
+    assert r.at_end_accuracy == pytest.approx(card.accuracy["at_end"])
+    assert r.per_hop_accuracy == pytest.approx(card.accuracy["per_hop"], abs=1 / r.n_hops)
