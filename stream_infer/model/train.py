@@ -351,6 +351,8 @@ def train_frame_sequences(
     with _training_context(seed):
         model = FrameCNNLSTM(chans, len(classes), hidden, layers, conv_channels, mean.tolist(), std.tolist())
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        per_epoch = -(-len(train) // batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch)
         rng = np.random.default_rng(seed)
         bar = tqdm(range(epochs), desc=f"train {name}", disable=not progress, unit="epoch")
         for _ in bar:
@@ -360,6 +362,7 @@ def train_frame_sequences(
                 xs, mask = _pad([train.values[i] for i in batch])
                 ys = np.array([label_idx[train.labels[i]] for i in batch])
                 losses.append(_tbptt_step(model, opt, xs, mask, ys, bptt))
+                sched.step()
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
         train_s = time.perf_counter() - started
         model.eval()
