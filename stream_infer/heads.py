@@ -42,6 +42,9 @@ class Head:
             raise ModelError(f"head kind must be one of {list(HEAD_KINDS)}, not {self.kind!r}")
         if not self.labels:
             raise ModelError("the head names no output (labels is empty)")
+        if len(set(self.labels)) != len(self.labels):
+            dup = sorted({x for x in self.labels if self.labels.count(x) > 1})
+            raise ModelError(f"the head names an output twice: {dup}")
         if self.kind == "anomaly" and len(self.labels) != 1:
             raise ModelError(f"an anomaly head has one output (its score), not {len(self.labels)}")
         if self.schema_version == 1 and self.kind != "classification":

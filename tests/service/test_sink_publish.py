@@ -175,6 +175,7 @@ def test_regression_and_anomaly_documents() -> None:
         (["score"], {"kind": "anomaly", "threshold": float("nan")}, "finite number"),
         (["s1", "s2"], {"kind": "anomaly", "threshold": 1.0}, "one output"),
         ([], {"kind": "regression"}, "names no output"),
+        (["x+1", "x+1"], {"kind": "regression"}, "names an output twice"),
     ],
 )
 def test_bad_heads_are_refused_in_one_line(labels: list[str], head: dict, error: str) -> None:
