@@ -323,7 +323,7 @@ def train_frame_sequences(
     recs: Recordings,
     out_dir: str | Path,
     name: str = "fingerspelling-cnnlstm",
-    epochs: int = 60,
+    epochs: int = 40,
     hidden: int = 64,
     layers: int = 1,
     lr: float = 3e-3,

@@ -135,3 +135,11 @@ def test_the_fingerspelling_model_is_scored_by_evaluate_as_in_training(tmp_path:
     assert isinstance(r, ev.Evaluation) and r.n_recordings == 104
     assert r.at_end_accuracy == pytest.approx(card.accuracy["at_end"])
     assert r.per_hop_accuracy == pytest.approx(card.accuracy["per_hop"], abs=1 / r.n_hops)
+
+
+def test_seeds_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["train", "--dataset", "co2", "--seeds", "2", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2 and "--seeds applies to sensor classification" in result.output
+    assert not (tmp_path / "x").exists()
