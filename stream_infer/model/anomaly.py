@@ -17,7 +17,7 @@ from torch import nn
 
 from stream_infer.model.card import ModelCard
 from stream_infer.model.datasets import Recordings, hop_windows
-from stream_infer.model.forecast import ForecastCNNLSTM, fit_forecaster, lstm_state
+from stream_infer.model.forecast import ForecastCNNLSTM, fit_forecaster, hop_card, lstm_state, run_sequence
 from stream_infer.model.importer import export_module
 
 THRESHOLD_MARGIN = 1.5  # threshold = this x the largest training score
@@ -66,40 +66,34 @@ def train_anomaly(
     )
     model = ForecastAnomaly(forecaster, recs.channels.index(channel)).eval()
     train_max = max(float(scores(model, v, window).max()) for v in recs.subset("train").values)
-    card = {
-        "name": name,
-        "kind": "sensor",
-        "window": window,
-        "hop": 1,
-        "sample_shape": [len(recs.channels)],
-        "outputs": ["score"],
-        "channels": list(recs.channels),
-        "head": {"kind": "anomaly", "threshold": round(THRESHOLD_MARGIN * train_max, 6)},
-        "state": [
+    card = hop_card(
+        name,
+        recs,
+        window,
+        outputs=["score"],
+        head={"kind": "anomaly", "threshold": round(THRESHOLD_MARGIN * train_max, 6)},
+        state=[
             *lstm_state(hidden),
             {"input": "expect", "output": "next_expect", "shape": [2], "batch_axis": 0},
         ],
-        "training": {
+        training={
             **training,
             "forecaster_test": accuracy,
             "threshold": f"{THRESHOLD_MARGIN} x the largest training score ({train_max:.4f})",
         },
-    }
+    )
     return export_module(model, card, out)
 
 
 @torch.no_grad()
 def scores(model: ForecastAnomaly, values: np.ndarray, window: int) -> np.ndarray:
-    """The score of every hop of one recording from zero state, as served."""
+    """The score of every hop of one recording from zero state, as the graph steps it: the
+    forecaster run over the whole sequence at once, each hop's newest sample against the
+    previous hop's forecast (0 at the first hop, which has none)."""
     x = torch.from_numpy(np.ascontiguousarray(hop_windows(values.astype(np.float32), window, 1)))
-    h = torch.zeros(1, 1, model.f.lstm.hidden_size)
-    c = torch.zeros_like(h)
-    e = torch.zeros(1, 2)
-    out = []
-    for w in x:
-        s, h, c, e = model(w[None], h, c, e)
-        out.append(float(s[0, 0]))
-    return np.asarray(out)
+    forecast = run_sequence(model.f, x[None])[0, :, 0].numpy()
+    newest = x[:, -1, model.channel].numpy()
+    return np.concatenate([[0.0], np.abs(newest[1:] - forecast[:-1]) / float(model.f.scale)])
 
 
 def train_abp(

@@ -86,21 +86,35 @@ def train_forecaster(
         seed=seed,
         progress=progress,
     )
-    card = {
+    card = hop_card(
+        name,
+        recs,
+        window,
+        outputs=[f"{t}+{s}" for s in range(1, horizon + 1) for t in targets],
+        head={"kind": "regression", "targets": list(targets), "horizon": horizon}
+        | ({"season": season} if season else {}),
+        state=lstm_state(hidden),
+        accuracy=accuracy,
+        training=training,
+    )
+    return export_module(model, card, out)
+
+
+def hop_card(
+    name: str, recs: Recordings, window: int, *, outputs: list[str], head: dict[str, Any], **rest: Any
+) -> dict[str, Any]:
+    """The import card of a sensor model that steps once per sample (hop 1) over ``recs``."""
+    return {
         "name": name,
         "kind": "sensor",
         "window": window,
         "hop": 1,
         "sample_shape": [len(recs.channels)],
-        "outputs": [f"{t}+{s}" for s in range(1, horizon + 1) for t in targets],
+        "outputs": outputs,
         "channels": list(recs.channels),
-        "head": {"kind": "regression", "targets": list(targets), "horizon": horizon}
-        | ({"season": season} if season else {}),
-        "state": lstm_state(hidden),
-        "accuracy": accuracy,
-        "training": training,
+        "head": head,
+        **rest,
     }
-    return export_module(model, card, out)
 
 
 def lstm_state(hidden: int) -> list[dict[str, Any]]:
@@ -198,7 +212,7 @@ def _hops(values: np.ndarray, window: int, horizon: int, t_idx: list[int]) -> tu
     return np.ascontiguousarray(x[:n]), y.astype(np.float32)
 
 
-def _run(model: ForecastCNNLSTM, x: torch.Tensor) -> torch.Tensor:
+def run_sequence(model: ForecastCNNLSTM, x: torch.Tensor) -> torch.Tensor:
     """Consecutive windows [B, L, W, F] from zero state -> forecasts [B, L, N * T]."""
     b, n = x.shape[:2]
     f = model.features(x.reshape(b * n, *x.shape[2:])).reshape(b, n, -1)
@@ -207,7 +221,7 @@ def _run(model: ForecastCNNLSTM, x: torch.Tensor) -> torch.Tensor:
 
 
 def _loss(model: ForecastCNNLSTM, x: torch.Tensor, y: torch.Tensor, burn_in: int) -> torch.Tensor:
-    pred = _run(model, x)
+    pred = run_sequence(model, x)
     return nn.functional.huber_loss(pred[:, burn_in:] / model.scale, y[:, burn_in:] / model.scale)
 
 
@@ -215,14 +229,14 @@ def _loss(model: ForecastCNNLSTM, x: torch.Tensor, y: torch.Tensor, burn_in: int
 def _sequence_mae(model: ForecastCNNLSTM, x: np.ndarray, y: np.ndarray, start: int) -> float:
     """MAE over hops ``start:`` with the state carried from the first hop, as served."""
     model.eval()
-    pred = _run(model, torch.from_numpy(x[None]))[0].numpy()
+    pred = run_sequence(model, torch.from_numpy(x[None]))[0].numpy()
     return float(np.abs(pred[start:] - y[start:]).mean())
 
 
 @torch.no_grad()
 def _errors(model: ForecastCNNLSTM, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     model.eval()
-    return np.abs(_run(model, torch.from_numpy(x[None]))[0].numpy() - y).ravel()
+    return np.abs(run_sequence(model, torch.from_numpy(x[None]))[0].numpy() - y).ravel()
 
 
 def _persistence(x: np.ndarray, y: np.ndarray, t_idx: list[int], horizon: int) -> np.ndarray:

@@ -287,21 +287,14 @@ def train_frames(
         model.eval()
         accuracy = _evaluate_frames(model, test_x, test_y, seq_len, seed)
     accuracy["split"] = "test"
-    card = ModelCard(
-        name=name,
-        version="",
-        kind="frame",
-        window=1,
-        hop=1,
-        sample_shape=list(frames.images.shape[1:]),
-        labels=list(classes),
-        lstm_layers=layers,
-        hidden_size=hidden,
-        norm_mean=mean.tolist(),
-        norm_std=std.tolist(),
-        conv_channels=conv_channels,
-        accuracy=accuracy,
-        training={
+    card = _frame_card(
+        name,
+        list(frames.images.shape[1:]),
+        list(classes),
+        model,
+        conv_channels,
+        accuracy,
+        {
             "dataset": frames.dataset,
             "split": frames.split_rule,
             "epochs": epochs,
@@ -369,21 +362,14 @@ def train_frame_sequences(
         accuracy = _evaluate_clips(model, test, label_idx)
     accuracy["baseline_1nn_mean_frame"] = _nearest_mean_frame(train, test)
     accuracy["chance"] = 1 / len(classes)
-    card = ModelCard(
-        name=name,
-        version="",
-        kind="frame",
-        window=1,
-        hop=1,
-        sample_shape=list(stacked.shape[1:]),
-        labels=list(classes),
-        lstm_layers=layers,
-        hidden_size=hidden,
-        norm_mean=mean.tolist(),
-        norm_std=std.tolist(),
-        conv_channels=conv_channels,
-        accuracy=accuracy,
-        training={
+    card = _frame_card(
+        name,
+        list(stacked.shape[1:]),
+        list(classes),
+        model,
+        conv_channels,
+        accuracy,
+        {
             "dataset": recs.dataset,
             "split": recs.split_rule,
             "epochs": epochs,
@@ -397,6 +383,34 @@ def train_frame_sequences(
         },
     )
     return _write_artifact(model, card, Path(out_dir), export)
+
+
+def _frame_card(
+    name: str,
+    sample_shape: list[int],
+    labels: list[str],
+    model: CNNLSTM,
+    conv_channels: int,
+    accuracy: dict[str, Any],
+    training: dict[str, Any],
+) -> ModelCard:
+    """The card of a trained frame model (one frame per hop; its (h, c) and normalisation)."""
+    return ModelCard(
+        name=name,
+        version="",
+        kind="frame",
+        window=1,
+        hop=1,
+        sample_shape=sample_shape,
+        labels=labels,
+        lstm_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        norm_mean=model.norm_mean.tolist(),
+        norm_std=model.norm_std.tolist(),
+        conv_channels=conv_channels,
+        accuracy=accuracy,
+        training=training,
+    )
 
 
 def _evaluate_clips(model: CNNLSTM, test: Recordings, label_idx: dict[str, int]) -> dict[str, Any]:

@@ -143,3 +143,22 @@ def test_seeds_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2 and "--seeds applies to sensor classification" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_anomaly_scores_offline_equal_the_served_graph(tmp_path: Path) -> None:
+    """``anomaly.scores`` (the whole sequence at once; it sets the card's threshold) equals the
+    exported graph stepped hop by hop through the service's pipeline, expect state and all."""
+    import torch
+
+    from stream_infer.model.anomaly import ForecastAnomaly, scores
+    from stream_infer.model.forecast import ForecastCNNLSTM, hop_card, lstm_state
+    from stream_infer.model.importer import export_module
+
+    torch.manual_seed(0)
+    recs = abp_internal_bleeding().subset("train")
+    model = ForecastAnomaly(ForecastCNNLSTM(1, [0], 1, 8, 0.25), 0).eval()
+    state = [*lstm_state(8), {"input": "expect", "output": "next_expect", "shape": [2], "batch_axis": 0}]
+    card = hop_card("a", recs, 16, outputs=["score"], head={"kind": "anomaly", "threshold": 1.0}, state=state)
+    export_module(model, card, tmp_path / "a")
+    served = sorted(ev.replay(tmp_path / "a", recs), key=lambda p: p["seq"])
+    np.testing.assert_allclose([p["score"] for p in served], scores(model, recs.values[0], 16), atol=1e-4)
