@@ -67,6 +67,12 @@ class Service:
         self._bad_logged: dict[str, float] = {}
         card = self.card
         ent = settings.entities
+        out = settings.output
+        # How predictions are published; a setting the model's head cannot take (schema
+        # version 1 for a forecaster) is refused here, before anything starts.
+        self.head = make_head(
+            card.labels, card.head, top_k=out.top_k, logits=out.logits, schema_version=out.schema_version
+        )
         self.decoder = Decoder(
             settings.input.format,
             tuple(card.sample_shape),
@@ -149,13 +155,7 @@ class Service:
             s.dead_letter_topic,
             s.changelog_topic,
             self.card.model_id,
-            make_head(
-                self.card.labels,
-                self.card.head,
-                top_k=s.output.top_k,
-                logits=s.output.logits,
-                schema_version=s.output.schema_version,
-            ),
+            self.head,
             **({} if dead_letter_max_bytes is None else {"dead_letter_max_bytes": dead_letter_max_bytes}),
         )
         self.worker = InferenceWorker(

@@ -282,3 +282,12 @@ def test_regression_and_anomaly_heads_are_imported_and_published(tmp_path: Path,
                 assert all(list(p["values"]) == outputs for p in got)
     finally:
         engine.close()
+    # Version 1 documents exist for classification only: refused before the service starts.
+    from prometheus_client import CollectorRegistry
+
+    from stream_infer.config import load_settings
+    from stream_infer.service import Service
+
+    v1 = load_settings(None, model={"artifact": str(tmp_path / "a")}, output={"schema_version": 1})
+    with pytest.raises(ModelError, match="schema_version 1 is for classification models"):
+        Service(v1, registry=CollectorRegistry())
