@@ -188,6 +188,16 @@ class ServiceProcess:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def wait_metric(self, name: str, at_least: float, timeout_s: float = 60) -> None:
+        """Until ``metric(name) >= at_least``; fails at once if the process exits."""
+        deadline = time.monotonic() + timeout_s
+        while (got := self.metric(name)) < at_least:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {name} = {got} < {at_least} after {timeout_s}s:\n{self.log()}")
+            time.sleep(0.05)
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)

@@ -42,6 +42,9 @@ def test_an_upgrade_keeps_state_and_no_hop_is_lost_or_repeated(
     feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 600))
     feeder.start(upto=feeder.rounds // 2)
     feeder.wait_idle(60)
+    # A must have consumed the first half (and so hold state) before it stops
+    a.wait_metric("stream_infer_messages_total", feeder.sent, 90)
+    a.wait_metric("stream_infer_predictions_total", 1, 30)
     assert a.terminate(30) == 0, a.log()
     cfg_b = service_config(
         kafka_bootstrap, topic, model_b, "a", model={"keep_state_on_upgrade": True}, **over

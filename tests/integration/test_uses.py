@@ -82,6 +82,9 @@ def test_a_use_is_served_once_per_hop_equal_to_evaluate(
     feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 1500, fmt=fmt))
     feeder.start(upto=feeder.rounds // 2)
     feeder.wait_idle(60)
+    # the first instance must have consumed the first half (and so hold state) before it stops
+    first.wait_metric("stream_infer_messages_total", feeder.sent, 90)
+    first.wait_metric("stream_infer_predictions_total", 1, 30)
     assert first.terminate(30) == 0, first.log()
     procs.append(second := ServiceProcess(cfg, tmp_path))
     second.wait_ready(120)
