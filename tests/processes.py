@@ -195,7 +195,9 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: {name} = {got} < {at_least} after {timeout_s}s:\n{self.log()}")
+                raise AssertionError(
+                    f"{self.name}: {name} = {got} < {at_least} after {timeout_s}s:\n{self.log()}"
+                )
             time.sleep(0.05)
 
     def kill(self) -> None:
