@@ -42,19 +42,19 @@ def variant(level: int) -> Iterator[None]:
     from kafka.record._crc32c import crc as crc32c_py
 
     from stream_infer.decode import Decoder
-    from stream_infer.sink import Sink
+    from stream_infer.kafka.kafka_python import KafkaPythonProducer as Producer
 
-    saved = (default_records.calc_crc32c, Decoder.decode, Sink._partitions)
+    saved = (default_records.calc_crc32c, Decoder.decode, Producer.key_partitions)
     try:
         if level < 1:
             default_records.calc_crc32c = lambda data: crc32c_py(data)
         if level < 2:
             Decoder.decode = Decoder._decode_each  # type: ignore[method-assign]
         if level < 3:
-            Sink._partitions = lambda self, entities: [None] * len(entities)  # type: ignore[method-assign]
+            Producer.key_partitions = lambda self, topic, keys: [None] * len(keys)  # type: ignore[method-assign]
         yield
     finally:
-        default_records.calc_crc32c, Decoder.decode, Sink._partitions = saved  # type: ignore[method-assign]
+        default_records.calc_crc32c, Decoder.decode, Producer.key_partitions = saved  # type: ignore[method-assign]
 
 
 def run(

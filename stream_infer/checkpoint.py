@@ -34,7 +34,8 @@ exactly-once::
 Predictions, changelog and offsets become visible to ``read_committed`` readers together or
 not at all. A transaction that fails, or whose steps 3-4 get no answer within
 ``kafka.request_timeout_ms`` (a broker outage; kafka-python 3.0 can also lose a transactional
-request across a broker restart and would wait forever), is abandoned and the instance rewinds::
+request across a broker restart and would wait forever: each client bounds the wait, see
+``stream_infer.kafka``), is abandoned and the instance rewinds::
 
     1. a new producer with the same transactional id: ``init_transactions`` fences the old one
        and aborts its open transaction (its predictions and changelog records vanish), or waits
@@ -59,12 +60,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import TopicPartition
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
     KafkaError,
-    KafkaTimeoutError,
     ProducerFencedError,
     RebalanceInProgressError,
     UnknownMemberIdError,
@@ -82,8 +82,9 @@ from stream_infer.access import authorization_cause
 from stream_infer.config import Settings
 from stream_infer.entities import EntityStore
 from stream_infer.errors import SinkError
+from stream_infer.kafka import Consumer, Producer, make_producer
 from stream_infer.metrics import Metrics
-from stream_infer.sink import Sink, make_producer
+from stream_infer.sink import Sink
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Checkpointer:
     def __init__(
         self,
         *,
-        consumer: KafkaConsumer,
+        consumer: Consumer,
         sink: Sink,
         store: EntityStore,
         drain: Callable[[], None],
@@ -127,7 +128,7 @@ class Checkpointer:
             self.begin()
 
     @property
-    def producer(self) -> KafkaProducer:
+    def producer(self) -> Producer:
         return self.sink.producer
 
     def begin(self) -> None:
@@ -215,24 +216,13 @@ class Checkpointer:
             self.rewind_pending = True
 
     def _commit_transaction(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        """Steps 3-4 of the exactly-once path, each bounded by ``request_timeout_ms``.
-
-        ``KafkaProducer.send_offsets_to_transaction`` and ``commit_transaction`` wait without a
-        timeout in kafka-python 3.0, and a request lost across a broker restart never completes;
-        so the transaction manager's results are awaited here with one."""
+        """Steps 3-4 of the exactly-once path, each bounded by ``request_timeout_ms``."""
         producer = self.producer
-        tm = producer._transaction_manager
-        timeout_ms = self.settings.kafka.request_timeout_ms
-        if offsets:
-            self._await(tm.send_offsets_to_transaction(offsets, self.consumer.group_metadata()), timeout_ms)
-        self._await(tm.begin_commit(), timeout_ms)
+        producer.commit_transaction_with(
+            offsets, self.consumer.group_metadata(), self.settings.kafka.request_timeout_ms
+        )
         self.sink.raise_errors()
         producer.begin_transaction()
-
-    def _await(self, result: Any, timeout_ms: int) -> None:
-        self.producer._sender.wakeup()
-        if not result.wait(timeout_ms=timeout_ms):
-            raise KafkaTimeoutError(f"no answer to a transactional request in {timeout_ms} ms")
 
     def rewind(self) -> None:
         """Back to the last committed transaction: fence and replace the producer (aborting the
@@ -269,15 +259,7 @@ class Checkpointer:
     def replace_producer(self) -> None:
         """A fresh transactional producer with the same transactional id (fencing the old one),
         for the exactly-once rewind. Call only while the inference thread is drained."""
-        old = self.producer
-        try:
-            old.close(timeout=0)
-        except Exception as exc:  # kafka-python: close(0) raises from its flush before stopping
-            logger.info("closing the abandoned producer: %s", exc)
-        sender = getattr(old, "_sender", None)  # wait until its records' callbacks have all run
-        if sender is not None and sender.is_alive():
-            sender.force_close()
-            sender.join(10)
+        self.producer.abandon()  # its queued records' callbacks have all run when it returns
         self.sink.replace_producer(self._transactional_producer())
         self.begin()
 
@@ -291,7 +273,7 @@ class Checkpointer:
             rs.outcome.exception() if rs.outcome else None,
         ),
     )
-    def _transactional_producer(self) -> KafkaProducer:
+    def _transactional_producer(self) -> Producer:
         """A producer with transactions initialised; retried while the broker is away (the
         constructor itself fails when it cannot bootstrap)."""
         s = self.settings
@@ -306,7 +288,7 @@ class Checkpointer:
             producer.init_transactions()
         except BaseException:
             with contextlib.suppress(Exception):
-                producer.close(timeout=0)
+                producer.abandon()
             raise
         return producer
 

@@ -26,6 +26,8 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
+    # The Kafka client (stream_infer.kafka): librdkafka through confluent-kafka, or kafka-python.
+    client: Literal["confluent-kafka", "kafka-python"] = "kafka-python"
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "stream-infer"
     group_id: str = "stream-infer"
@@ -65,6 +67,10 @@ class KafkaSettings(_Section):
     # ssl_ciphers, connections_max_idle_ms, api_version, socket_options): only keys that the
     # consumer, the producer and the admin client all accept, checked at start.
     client_properties: dict[str, Any] = Field(default_factory=dict)
+    # With kafka.client confluent-kafka: any other librdkafka property of the group consumer and
+    # the producer, by librdkafka's name (e.g. ``queued.max.messages.kbytes``, ``ssl.cipher.suites``);
+    # the service's own keys win over them.
+    librdkafka_properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:

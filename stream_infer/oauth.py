@@ -63,6 +63,11 @@ class OidcTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
                 self._refresh_at = self._clock() + REFRESH_AT * lifetime
             return self._token
 
+    def seconds_left(self) -> float:
+        """How long the current token is trusted (librdkafka asks again before then)."""
+        with self._lock:
+            return max(5.0, self._refresh_at - self._clock())
+
     def _fetch(self) -> tuple[str, float]:
         form = {"grant_type": "client_credentials"}
         if self.scope:

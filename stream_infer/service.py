@@ -29,12 +29,12 @@ from stream_infer.entities import EntityStore, ModelShape
 from stream_infer.errors import ConfigError, PipelineError, SinkError
 from stream_infer.heads import make_head
 from stream_infer.health import Health, serve_http
-from stream_infer.kafka_compat import stable_offset
+from stream_infer.kafka import Consumer, make_consumer, make_producer
 from stream_infer.metrics import Metrics
 from stream_infer.model.card import ModelCard, load_card
 from stream_infer.records import InvalidMessage, SampleBatch
-from stream_infer.sink import Sink, make_producer
-from stream_infer.source import group_settled, make_consumer, read_changelog
+from stream_infer.sink import Sink
+from stream_infer.source import read_changelog
 from stream_infer.state import make_state_slab
 from stream_infer.topics import dead_letter_limit_bytes, ensure_topics
 from stream_infer.worker import InferenceWorker
@@ -125,7 +125,7 @@ class Service:
             dead_letter_max_bytes=dl_bytes,
         )
         _await_metadata(s)
-        self.consumer = make_consumer(s)
+        self.consumer: Consumer = make_consumer(s)
         self.checkpointer = Checkpointer(
             consumer=self.consumer,
             sink=self.sink,
@@ -250,7 +250,7 @@ class Service:
 
     def _watch_group(self) -> None:
         was_wedged = self.health.wedged
-        self.health.group_settled(group_settled(self.consumer))
+        self.health.group_settled(self.consumer.group_settled())
         if self.health.wedged and not was_wedged:
             logger.error(
                 "the consumer has not settled in its group for %.0f s (rebalance timeout plus a "
@@ -444,13 +444,13 @@ class Service:
     def _update_lag(self) -> None:
         """Per assigned input partition: the lag behind the high watermark, and the records that
         open transactions hold past the last stable offset, with how long it has been stuck
-        (``kafka_compat.stable_offset``). Revoked partitions' series are removed."""
+        (``Consumer.stable_offset``). Revoked partitions' series are removed."""
         m = self.metrics
         assigned = self.consumer.assignment()
         m.keep_partitions({(tp.topic, str(tp.partition)) for tp in assigned})
         for tp in assigned:
             labels = (tp.topic, str(tp.partition))
-            stable = stable_offset(self.consumer, tp)
+            stable = self.consumer.stable_offset(tp)
             if stable is not None:
                 m.unstable_records.labels(*labels).set(stable.unstable_records)
                 m.lso_stuck.labels(*labels).set(stable.stuck_s)
@@ -543,6 +543,8 @@ class _Listener(ConsumerRebalanceListener):
         or the replay from the last commit would publish the same predictions into it again."""
         svc = self.svc
         svc.metrics.rebalances.labels("lost").inc()
+        if svc.checkpointer.closed:  # shutting down (a client may call back from close)
+            return
         svc.drain()
         svc.checkpointer.abandon("the group dropped this member")
         svc.drop_partitions({tp.partition for tp in lost})

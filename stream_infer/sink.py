@@ -1,9 +1,10 @@
 """Kafka producer side: predictions, dead letters and state changelog records.
 
-One idempotent producer (acks=all) carries all three, so per-key order holds and, in
-exactly-once mode, one transaction spans them together with the consumed offsets. Delivery
-failures are collected from the futures and raised at ``flush`` as ``SinkError``, so no offset is
-committed past a prediction that did not reach the broker.
+One idempotent producer (acks=all, from the client layer ``stream_infer.kafka``) carries all
+three, so per-key order holds and, in exactly-once mode, one transaction spans them together
+with the consumed offsets. Delivery failures reach the sink through the producer's ``on_error``
+and are raised at ``flush`` as ``SinkError``, so no offset is committed past a prediction that
+did not reach the broker.
 """
 
 from __future__ import annotations
@@ -16,19 +17,15 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kafka import KafkaProducer
 from kafka.errors import AuthorizationError, KafkaError
-from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from stream_infer.batcher import Chunk
-from stream_infer.config import Settings
 from stream_infer.errors import SinkError
 from stream_infer.heads import Head
+from stream_infer.kafka import Producer
 from stream_infer.records import InvalidMessage
 
 logger = logging.getLogger(__name__)
-
-_PARTITION_CACHE_MAX = 1_000_000  # entities; cleared (and refilled) past this
 
 # Room a dead-letter topic keeps beside the largest value it takes: the key, the original headers,
 # the ``error.*`` and ``source.*`` headers and the record batch's own framing. topics.py creates
@@ -38,47 +35,12 @@ _RECORD_OVERHEAD_BYTES = 512  # batch header (61 B), record framing and varints,
 _HEADER_OVERHEAD_BYTES = 10  # the two varints of one header, at most
 
 
-def max_request_bytes(settings: Settings) -> int:
-    """The producer's ``max_request_size``: it refuses a larger record before sending it."""
-    return max(4 * settings.input.max_message_bytes, 1_048_576)
-
-
-def make_producer(
-    settings: Settings,
-    transactional_id: str | None = None,
-    role: str = "producer",
-    dead_letter_max_bytes: int | None = None,
-) -> KafkaProducer:
-    """The one producer of an instance. ``role`` names its client id; a replacement producer
-    (after a failed transaction) gets a new one, as kafka-python 3 keys clients by client id."""
-    k = settings.kafka
-    kw: dict[str, Any] = dict(
-        k.client_kwargs(role),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=k.linger_ms,
-        # A topic's max.message.bytes bounds a whole record batch: batches stay within what the
-        # dead-letter topic takes (a single larger record still goes alone, cut by the sink).
-        batch_size=min(k.producer_batch_bytes, max(16_384, dead_letter_max_bytes or k.producer_batch_bytes)),
-        retries=2**31 - 1,
-        delivery_timeout_ms=300_000,
-        max_block_ms=300_000,
-        compression_type=None if k.compression_type == "none" else k.compression_type,
-        max_request_size=max_request_bytes(settings),
-    )
-    if transactional_id:
-        kw.update(
-            transactional_id=transactional_id, transaction_timeout_ms=settings.delivery.transaction_timeout_ms
-        )
-    return KafkaProducer(**kw)
-
-
 class Sink:
     """Publishes to the output, dead-letter and changelog topics."""
 
     def __init__(
         self,
-        producer: KafkaProducer,
+        producer: Producer,
         output_topic: str,
         dead_letter_topic: str,
         changelog_topic: str,
@@ -99,89 +61,61 @@ class Sink:
         self.head = head if isinstance(head, Head) else Head("classification", tuple(head))
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self._errors: list[BaseException] = []
-        self._partition_of: dict[str, int] = {}  # entity -> output partition (publish's cache)
-        self._sorted_partitions: list[int] = []
-        self._n_partitions = 0
         self._lock = threading.Lock()
+        producer.on_error = self._on_error
 
     def _on_error(self, exc: BaseException) -> None:
         with self._lock:
             self._errors.append(exc)
 
-    def replace_producer(self, producer: KafkaProducer) -> None:
+    def replace_producer(self, producer: Producer) -> None:
         """Send through ``producer`` from now on (the exactly-once rewind). The caller has
-        closed the abandoned producer, so every errback of its records has run: those delivery
-        errors are moot (its transaction is aborted) and are dropped here."""
+        abandoned the old producer, so every error callback of its records has run: those
+        delivery errors are moot (its transaction is aborted) and are dropped here."""
         with self._lock:
             self._errors = []
+        producer.on_error = self._on_error
         self.producer = producer
 
     def publish(self, batch: Chunk, scores: np.ndarray) -> np.ndarray:
         """Send one prediction per window, keyed by entity; returns emit times [B] (ms).
 
         Per prediction this builds one dict and one ``orjson.dumps``; everything else (the
-        head's fields, emit time, partitions) is computed once per batch. The partition of each key is
-        the default partitioner's (murmur2, as the Java client), cached per entity so the
-        pure-Python hash runs once per entity rather than once per prediction. A window whose
+        head's fields, emit time, partitions) is computed once per batch. Each key's partition is
+        murmur2's, as the Java client picks it: librdkafka hashes in C; for kafka-python the
+        producer caches it per key, so the pure-Python hash runs once per entity. A window whose
         last sample's message carried a W3C ``traceparent`` header publishes it with the
         prediction, so a trace follows a sample into the prediction it completed."""
         emit_ms = time.time_ns() // 1_000_000
         fields = self.head.fields(scores)
         version = self.head.schema_version
-        send = self.producer.send
+        produce = self.producer.produce
         topic = self.output_topic
         model = self.model_id
-        errback = self._on_error
         dumps = orjson.dumps
         entities = batch.entities
-        parts = self._partitions(entities)
+        keys = [e.encode() for e in entities]
+        parts = self.producer.key_partitions(topic, keys)
         traces = batch.trace if batch.trace is not None else [None] * len(entities)
         try:
-            for ent, part, sq, ev, head_fields, tp in zip(
-                entities, parts, batch.seq.tolist(), batch.event_ms.tolist(), fields, traces, strict=True
+            for ent, key, part, sq, ev, head_fields, tp in zip(
+                entities,
+                keys,
+                parts,
+                batch.seq.tolist(),
+                batch.event_ms.tolist(),
+                fields,
+                traces,
+                strict=True,
             ):
                 doc: dict[str, Any] = {"v": version} if version > 1 else {}
                 doc.update(entity=ent, seq=sq, event_time_ms=ev, emit_time_ms=emit_ms)
                 doc.update(head_fields)
                 doc["model"] = model
-                headers = None if tp is None else [("traceparent", tp)]
-                send(topic, key=ent.encode(), value=dumps(doc), partition=part, headers=headers).add_errback(
-                    errback
-                )
+                produce(topic, key, dumps(doc), part, None if tp is None else [("traceparent", tp)])
         except AuthorizationError as exc:  # an ACL revoked: not about one prediction
             raise SinkError(f"the broker refused a send to {topic}: {exc}") from exc
         return np.full(len(batch), emit_ms, dtype=np.int64)
-
-    def _partitions(self, entities: list[str]) -> list[int | None]:
-        """Output partition per entity: what ``DefaultPartitioner`` picks for its key, from a
-        cache that is dropped whenever the output topic's partition count changes. ``None``
-        (the producer's partitioner decides) for a custom partitioner or unknown metadata."""
-        producer = self.producer
-        config = getattr(producer, "config", None)
-        if config is None or type(config.get("partitioner")) is not DefaultPartitioner:
-            return [None] * len(entities)
-        try:
-            known = producer.partitions_for(self.output_topic)
-        except KafkaError:
-            return [None] * len(entities)
-        if not known:
-            return [None] * len(entities)
-        if len(known) != self._n_partitions:
-            self._partition_of.clear()
-            self._sorted_partitions = sorted(known)
-            self._n_partitions = len(known)
-        cache = self._partition_of
-        out: list[int | None] = []
-        for e in entities:
-            p = cache.get(e)
-            if p is None:
-                idx = (murmur2(e.encode()) & 0x7FFFFFFF) % self._n_partitions
-                p = cache[e] = self._sorted_partitions[idx]
-                if len(cache) > _PARTITION_CACHE_MAX:
-                    cache.clear()
-                    cache[e] = p
-            out.append(p)
-        return out
 
     def dead_letter(self, invalid: Iterable[InvalidMessage]) -> int:
         """Original key, value and headers, plus ``error.*`` and ``source.*`` headers, cut to fit
@@ -214,7 +148,7 @@ class Sink:
                         value = None if m.key is not None else b""
                     sent = [*headers, ("error.value_truncated", str(len(original)).encode())]
                 try:
-                    future = self.producer.send(self.dead_letter_topic, key=m.key, value=value, headers=sent)
+                    self.producer.produce(self.dead_letter_topic, m.key, value, None, sent)
                 except AuthorizationError as exc:
                     raise SinkError(f"the broker refused a send to {self.dead_letter_topic}: {exc}") from exc
                 except KafkaError as exc:
@@ -230,7 +164,6 @@ class Sink:
                         exc,
                     )
                     continue
-                future.add_errback(self._on_error)
                 break
             n += 1
         return n
@@ -240,9 +173,7 @@ class Sink:
         n = 0
         try:
             for key, value, partition in records:
-                self.producer.send(
-                    self.changelog_topic, key=key, value=value, partition=partition
-                ).add_errback(self._on_error)
+                self.producer.produce(self.changelog_topic, key, value, partition)
                 n += 1
         except AuthorizationError as exc:
             raise SinkError(f"the broker refused a send to {self.changelog_topic}: {exc}") from exc
@@ -250,7 +181,7 @@ class Sink:
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait for every send so far; raise ``SinkError`` if any failed."""
-        self.producer.flush(timeout=timeout_s)
+        self.producer.flush_within(timeout_s)
         self.raise_errors()
 
     def raise_errors(self) -> None:

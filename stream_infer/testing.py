@@ -67,42 +67,39 @@ class SentRecord:
     partition: int | None
 
 
-class _Done:
-    """A future that has succeeded: errbacks never run."""
-
-    def add_errback(self, fn: Any, *args: Any, **kwargs: Any) -> _Done:
-        return self
-
-    def add_callback(self, fn: Any, *args: Any, **kwargs: Any) -> _Done:
-        return self
-
-
 @dataclass
 class ListProducer:
-    """The part of ``KafkaProducer`` the sink uses; every record sent is kept in ``sent``.
-    ``max_request_size`` mimics the client's synchronous size check."""
+    """A ``stream_infer.kafka.Producer`` that keeps every record in ``sent`` and never fails a
+    delivery. ``max_request_size`` mimics the clients' synchronous size check."""
 
     max_request_size: int = 1 << 30
     sent: list[SentRecord] = field(default_factory=list)
+    client: str = "list"
+    on_error: Any = None
 
-    def send(
+    def produce(
         self,
         topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        key: bytes | None,
+        value: bytes | None,
         partition: int | None = None,
-    ) -> _Done:
+        headers: Any = None,
+    ) -> None:
         size = len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers or ())
         if size > self.max_request_size:
             raise ValueError(f"record of {size} bytes > max_request_size {self.max_request_size}")
         self.sent.append(SentRecord(topic, key, value, list(headers or ()), partition))
-        return _Done()
+
+    def key_partitions(self, topic: str, keys: list[bytes]) -> list[int | None]:
+        return [None] * len(keys)
 
     def on(self, topic: str) -> list[SentRecord]:
         return [r for r in self.sent if r.topic == topic]
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush_within(self, timeout_s: float | None = None) -> None:
+        pass
+
+    def abandon(self) -> None:
         pass
 
     def close(self, timeout: float | None = None) -> None:

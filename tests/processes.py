@@ -28,6 +28,7 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.reference import output_of, published
+from tests.streaming import client_choice
 
 ROOT = Path(__file__).resolve().parents[1]
 TS0 = 1_700_000_000_000
@@ -85,6 +86,7 @@ def service_config(bootstrap: str, topic: str, artifact: Path, instance: str, **
             "group_instance_id": instance,
             "session_timeout_ms": 6000,
             "reconnect_backoff_max_ms": 1000,
+            **client_choice(),
         },
         "topics": {"input": topic, "output": f"{topic}.out"},
         "model": {"artifact": str(artifact), "backend": "onnxruntime"},

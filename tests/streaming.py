@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -17,7 +18,12 @@ from stream_infer.service import Service
 
 def settings_for(bootstrap: str, topic: str, artifact: str = "unused", **over: Any) -> Settings:
     base: dict[str, Any] = {
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{topic}", "client_id": f"c-{topic}"},
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": f"g-{topic}",
+            "client_id": f"c-{topic}",
+            **client_choice(),
+        },
         "topics": {"input": topic, "output": f"{topic}.out"},
         "model": {"artifact": artifact},
         "metrics": {"port": 0, "host": "127.0.0.1"},
@@ -25,6 +31,13 @@ def settings_for(bootstrap: str, topic: str, artifact: str = "unused", **over: A
         "delivery": {"commit_interval_ms": 300},
     }
     return load_settings(None, **_merge(base, over))
+
+
+def client_choice() -> dict[str, str]:
+    """``kafka.client`` from ``KAFKA_CLIENT`` (the test command runs the broker suites once per
+    client); the settings' default when unset."""
+    client = os.environ.get("KAFKA_CLIENT")
+    return {"client": client} if client else {}
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

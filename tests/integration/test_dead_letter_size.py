@@ -17,8 +17,9 @@ from kafka.errors import MessageSizeTooLargeError
 
 from stream_infer.config import Settings, load_settings
 from stream_infer.errors import ConfigError, SinkError
+from stream_infer.kafka import make_producer, max_request_bytes
 from stream_infer.records import InvalidMessage
-from stream_infer.sink import DEAD_LETTER_HEADROOM_BYTES, Sink, make_producer, max_request_bytes
+from stream_infer.sink import DEAD_LETTER_HEADROOM_BYTES, Sink
 from stream_infer.topics import (
     dead_letter_limit_bytes,
     dead_letter_rule,

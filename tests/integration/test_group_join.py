@@ -1,5 +1,5 @@
 """The service's group consumer keeps up with rebalances triggered by metadata changes, even
-when a join finishes after the poll that started it stopped waiting (see ``kafka_compat``)."""
+when a join finishes after the poll that started it stopped waiting (see ``stream_infer.kafka.kafka_python``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import NewPartitions
 
-from stream_infer.source import group_settled, make_consumer
+from stream_infer.kafka import make_consumer
 from tests.streaming import settings_for
 
 pytestmark = pytest.mark.integration
@@ -30,9 +30,9 @@ def test_a_join_answered_after_the_poll_gave_up_is_applied(kafka_bootstrap, new_
     coord = consumer._coordinator
     try:
         consumer.subscribe([topic])
-        assert not group_settled(consumer)  # not joined yet
+        assert not consumer.group_settled()  # not joined yet
         assert _poll_until(consumer, lambda: consumer.assignment() == {TopicPartition(topic, 0)})
-        assert group_settled(consumer)
+        assert consumer.group_settled()
 
         # A second partition: the consumer's metadata learns of it, which calls for a rebalance.
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)

@@ -1,6 +1,6 @@
 """A producer that dies inside a transaction holds the partition's last stable offset (LSO):
 ``read_committed`` readers stop there until the broker aborts the transaction, after the
-producer's ``transaction_timeout_ms`` plus the broker's abort check. ``kafka_compat.stable_offset``
+producer's ``transaction_timeout_ms`` plus the broker's abort check. ``stream_infer.kafka.kafka_python.stable_offset``
 (the source of ``stream_infer_input_unstable_records`` and ``..._lso_stuck_seconds``) shows it."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import ProducerFencedError
 from prometheus_client import CollectorRegistry
 
-from stream_infer import kafka_compat
-from stream_infer.kafka_compat import StableOffset
+from stream_infer.kafka import kafka_python
+from stream_infer.kafka.kafka_python import StableOffset
 from stream_infer.metrics import Metrics
 from stream_infer.service import Service
 
@@ -37,7 +37,7 @@ def _poll_until(
     last = None
     while time.monotonic() < deadline:
         polled += sum(len(recs) for recs in consumer.poll(timeout_ms=200).values())
-        last = kafka_compat.stable_offset(consumer, tp)
+        last = kafka_python.stable_offset(consumer, tp)
         if last is not None and ok(last):
             return last, polled
     raise AssertionError(f"not reached in {timeout_s} s; last seen: {last}")
@@ -61,7 +61,7 @@ def topic_partition(new_topic: Callable[..., str]) -> TopicPartition:
 
 @pytest.fixture
 def reader(kafka_bootstrap: str, topic_partition: TopicPartition) -> Iterator[KafkaConsumer]:
-    assert kafka_compat.apply()
+    assert kafka_python.apply()
     consumer = KafkaConsumer(
         bootstrap_servers=kafka_bootstrap,
         client_id=f"lso-reader-{topic_partition.topic}",

@@ -46,7 +46,9 @@ def _client_kwargs_of_every_role(monkeypatch: pytest.MonkeyPatch, s: Settings) -
     (the constructor would connect; it is stopped there)."""
     import kafka
 
-    from stream_infer import service, sink, source, topics
+    from stream_infer import kafka as layer
+    from stream_infer import service, source, topics
+    from stream_infer.kafka import kafka_python
 
     seen: dict[str, dict[str, Any]] = {}
 
@@ -54,12 +56,17 @@ def _client_kwargs_of_every_role(monkeypatch: pytest.MonkeyPatch, s: Settings) -
         seen[kw["client_id"].rsplit("-", 1)[-1]] = kw
         raise _Captured
 
-    for mod, name in ((source, "KafkaConsumer"), (sink, "KafkaProducer"), (kafka, "KafkaConsumer")):
+    for mod, name in (
+        (kafka_python, "KafkaPythonConsumer"),
+        (kafka_python, "KafkaPythonProducer"),
+        (source, "KafkaConsumer"),
+        (kafka, "KafkaConsumer"),
+    ):
         monkeypatch.setattr(mod, name, fake)
     monkeypatch.setattr(topics, "KafkaAdminClient", fake)
     calls = (
-        lambda: source.make_consumer(s),
-        lambda: sink.make_producer(s, "txn"),
+        lambda: layer.make_consumer(s),
+        lambda: layer.make_producer(s, "txn"),
         lambda: source.read_changelog(s, [0]),
         lambda: service._await_metadata(s, timeout_s=0.1),
         lambda: topics.admin_client(s, timeout_s=0.1),

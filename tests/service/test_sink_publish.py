@@ -17,29 +17,30 @@ from kafka.partitioner.default import DefaultPartitioner, murmur2
 from stream_infer.batcher import Chunk
 from stream_infer.errors import ModelError
 from stream_infer.heads import Head, make_head
+from stream_infer.kafka.kafka_python import KafkaPythonProducer
 from stream_infer.sink import Sink
 from tests.reference import published
 
 SCHEMA = json.loads((files("stream_infer") / "schemas" / "prediction.schema.json").read_text())
 
 
-class _Future:
-    def add_errback(self, fn):
-        return self
-
-
 class FakeProducer:
+    """kafka-python's producer as the sink sees it: its own key partitioning, no network."""
+
+    key_partitions = KafkaPythonProducer.key_partitions
+
     def __init__(self, partitions=(0, 1, 2), partitioner=None):
         self.config = {"partitioner": partitioner or DefaultPartitioner()}
         self.partitions = set(partitions)
         self.sent = []
+        self._partition_of = {}
+        self._sorted_partitions = []
 
     def partitions_for(self, topic):
         return self.partitions
 
-    def send(self, topic, key=None, value=None, partition=None, headers=None):
+    def produce(self, topic, key, value, partition=None, headers=None):
         self.sent.append((topic, key, value, partition))
-        return _Future()
 
 
 def chunk(entities, seqs):

@@ -1,4 +1,9 @@
-"""Everything stream-infer needs from kafka-python's internals, behind small public functions.
+"""The kafka-python implementation of the client layer, and everything stream-infer needs from
+kafka-python's internals (nowhere else in the package touches them).
+
+``KafkaPythonConsumer`` and ``KafkaPythonProducer`` are kafka-python's own clients with the few
+calls the layer adds (``group_settled``, ``stable_offset``; ``produce`` with one error callback,
+``key_partitions``, ``commit_transaction_with``, ``abandon``).
 
 ``apply()`` patches the client once, before any consumer is made: the group join fix and the
 last stable offset tracking below. Both are guarded on the attributes they use: with another
@@ -31,12 +36,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.consumer import ConsumerCoordinator
-from kafka.structs import MemberState
+from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.partitioner.default import DefaultPartitioner, murmur2
+from kafka.structs import MemberState, OffsetAndMetadata
+
+from stream_infer.kafka.types import ErrorCallback, StableOffset
 
 logger = logging.getLogger(__name__)
 
@@ -92,20 +103,6 @@ def _fix_group_join() -> bool:
     cls.join_group_async = patched_join_group_async
     setattr(cls, _PATCHED, True)
     return True
-
-
-class StableOffset(NamedTuple):
-    """A partition's offsets from the latest fetch response that carried them."""
-
-    high_watermark: int  # the offset the next record written gets
-    last_stable_offset: int  # first offset of the oldest open transaction; the HW when none is
-    stuck_s: float  # how long the LSO has stayed behind the HW without moving; 0 when it is not
-
-    @property
-    def unstable_records(self) -> int:
-        """Records written past the LSO: invisible to ``read_committed`` readers until the
-        transactions holding them end."""
-        return max(0, self.high_watermark - self.last_stable_offset)
 
 
 def stable_offset(consumer: KafkaConsumer, tp: TopicPartition) -> StableOffset | None:
@@ -167,3 +164,119 @@ def _partition_state(subscriptions: Any, tp: Any) -> Any:
     """kafka-python's ``TopicPartitionState`` of an assigned partition, or None."""
     assignment = getattr(subscriptions, "assignment", None)
     return assignment.get(tp) if isinstance(assignment, dict) else None
+
+
+_PARTITION_CACHE_MAX = 1_000_000  # keys; cleared (and refilled) past this
+
+
+class KafkaPythonConsumer(KafkaConsumer):  # type: ignore[misc]
+    """kafka-python's consumer with the group join fix applied (``apply``) and the layer's calls."""
+
+    client = "kafka-python"
+
+    def __init__(self, **config: Any) -> None:
+        apply()  # without it a join can silently keep no partitions
+        config.setdefault("partition_assignment_strategy", [CooperativeStickyAssignor])
+        super().__init__(**config)
+
+    def group_settled(self) -> bool:
+        """Whether the consumer is a joined group member with no rebalance under way (read from
+        the coordinator's state; True when that is not available, so a changed client never makes
+        a healthy service look wedged)."""
+        state = getattr(getattr(self, "_coordinator", None), "state", MemberState.STABLE)
+        return bool(state is MemberState.STABLE)
+
+    def stable_offset(self, tp: TopicPartition) -> StableOffset | None:
+        return stable_offset(self, tp)
+
+
+class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
+    """kafka-python's producer with the layer's calls. Delivery failures go to ``on_error``."""
+
+    client = "kafka-python"
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self.on_error: ErrorCallback = _unhandled
+        self._partition_of: dict[bytes, int] = {}
+        self._sorted_partitions: list[int] = []
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.send(
+            topic, key=key, value=value, partition=partition, headers=list(headers) if headers else None
+        ).add_errback(self.on_error)
+
+    def key_partitions(self, topic: str, keys: list[bytes]) -> list[int | None]:
+        """Each key's partition as ``DefaultPartitioner`` (murmur2, as the Java client) picks it,
+        cached per key so that the pure-Python hash runs once per key rather than once per
+        record; the cache is dropped when the topic's partition count changes. ``None`` (the
+        partitioner decides) with a custom partitioner or unknown metadata."""
+        if type(self.config.get("partitioner")) is not DefaultPartitioner:
+            return [None] * len(keys)
+        try:
+            known = self.partitions_for(topic)
+        except KafkaError:
+            return [None] * len(keys)
+        if not known:
+            return [None] * len(keys)
+        if len(known) != len(self._sorted_partitions):
+            self._partition_of.clear()
+            self._sorted_partitions = sorted(known)
+        n = len(self._sorted_partitions)
+        cache = self._partition_of
+        out: list[int | None] = []
+        for k in keys:
+            p = cache.get(k)
+            if p is None:
+                p = cache[k] = self._sorted_partitions[(murmur2(k) & 0x7FFFFFFF) % n]
+                if len(cache) > _PARTITION_CACHE_MAX:
+                    cache.clear()
+                    cache[k] = p
+            out.append(p)
+        return out
+
+    def flush_within(self, timeout_s: float | None = None) -> None:
+        self.flush(timeout=timeout_s)
+
+    def commit_transaction_with(
+        self, offsets: dict[TopicPartition, OffsetAndMetadata], group_metadata: Any, timeout_ms: int
+    ) -> None:
+        """Add ``offsets`` to the open transaction and commit it, each step bounded by
+        ``timeout_ms``: ``send_offsets_to_transaction`` and ``commit_transaction`` wait without a
+        timeout in kafka-python 3.0, and a request lost across a broker restart never completes,
+        so the transaction manager's results are awaited here with one."""
+        tm = self._transaction_manager
+        if offsets:
+            self._await(tm.send_offsets_to_transaction(offsets, group_metadata), timeout_ms)
+        self._await(tm.begin_commit(), timeout_ms)
+
+    def _await(self, result: Any, timeout_ms: int) -> None:
+        self._sender.wakeup()
+        if not result.wait(timeout_ms=timeout_ms):
+            raise KafkaTimeoutError(f"no answer to a transactional request in {timeout_ms} ms")
+
+    def abandon(self) -> None:
+        """Close at once without delivering what is queued, and wait until every queued record's
+        callback has run (their errors then belong to an aborted transaction)."""
+        try:
+            self.close(timeout=0)
+        except Exception as exc:  # kafka-python: close(0) raises from its flush before stopping
+            logger.info("closing the abandoned producer: %s", exc)
+        sender = getattr(self, "_sender", None)
+        if sender is not None and sender.is_alive():
+            sender.force_close()
+            sender.join(10)
+
+
+def _unhandled(exc: BaseException) -> None:
+    logger.error("a record was not delivered and nobody listens: %r", exc)
+
+
+__all__ = ["KafkaPythonConsumer", "KafkaPythonProducer", "StableOffset", "apply", "stable_offset"]

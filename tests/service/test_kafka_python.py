@@ -1,4 +1,4 @@
-"""The last stable offset bookkeeping of ``kafka_compat``, fed fetch responses by hand (the real
+"""The last stable offset bookkeeping of ``kafka.kafka_python``, fed fetch responses by hand (the real
 broker's version of this is tests/integration/test_transaction_timeout.py)."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ from types import SimpleNamespace
 import pytest
 from kafka import TopicPartition
 
-from stream_infer import kafka_compat
-from stream_infer.kafka_compat import StableOffset
+from stream_infer.kafka import kafka_python
+from stream_infer.kafka.kafka_python import StableOffset
 
 TP = TopicPartition("in", 0)
 
 
 def test_lso_stuck_time_counts_from_the_first_record_waiting_past_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert kafka_compat.apply() and kafka_compat.apply()  # idempotent
+    assert kafka_python.apply() and kafka_python.apply()  # idempotent
     clock = [0.0]
-    monkeypatch.setattr(kafka_compat, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(kafka_python, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     subscriptions = SimpleNamespace(assignment={TP: SimpleNamespace()})
     fetcher = SimpleNamespace(_subscriptions=subscriptions)
     consumer = SimpleNamespace(_subscription=subscriptions)
@@ -25,14 +25,14 @@ def test_lso_stuck_time_counts_from_the_first_record_waiting_past_it(monkeypatch
     def response(at_s: float, hw: int, lso: int, error_code: int = 0) -> None:
         clock[0] = at_s
         data = SimpleNamespace(error_code=error_code, high_watermark=hw, last_stable_offset=lso)
-        kafka_compat._note_stable_offset(fetcher, SimpleNamespace(topic_partition=TP, partition_data=data))
+        kafka_python._note_stable_offset(fetcher, SimpleNamespace(topic_partition=TP, partition_data=data))
 
     def seen(at_s: float) -> StableOffset | None:
         clock[0] = at_s
-        return kafka_compat.stable_offset(consumer, TP)
+        return kafka_python.stable_offset(consumer, TP)
 
     assert seen(0.0) is None  # no fetch response yet
-    assert kafka_compat.stable_offset(consumer, TopicPartition("in", 1)) is None  # not assigned
+    assert kafka_python.stable_offset(consumer, TopicPartition("in", 1)) is None  # not assigned
     response(0.0, hw=4, lso=4)
     assert seen(50.0) == StableOffset(4, 4, 0.0)
     # Idle for 100 s (no response mentions the partition), then a transaction writes: the LSO is
