@@ -128,6 +128,15 @@ class InProcessService:
         v = self.registry.get_sample_value(name)
         return float(v) if v is not None else 0.0
 
+    def buckets(self, histogram: str) -> dict[float, float]:
+        """Cumulative bucket counts of ``histogram``: upper bound (s) -> count."""
+        out: dict[float, float] = {}
+        for metric in self.registry.collect():
+            for smp in metric.samples:
+                if smp.name == f"{histogram}_bucket":
+                    out[float(smp.labels["le"])] = smp.value
+        return out
+
     def stop(self) -> None:
         self.service.stop()
         self._thread.join(120)
@@ -137,6 +146,18 @@ class InProcessService:
     def cleanup_topics(self) -> list[str]:
         s = self.service.settings
         return [s.topics.output, s.dead_letter_topic, s.changelog_topic]
+
+
+def longest(before: dict[float, float], after: dict[float, float]) -> float:
+    """The upper bound of the bucket holding the longest observation made between two readings
+    of a histogram (the largest finite bound when it lies beyond them); 0 when there was none."""
+    bounds = sorted(after)
+    gained = {le: after[le] - before.get(le, 0.0) for le in bounds}
+    total = gained[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return 0.0
+    first_full = next(le for le in bounds if gained[le] >= total)
+    return first_full if first_full != float("inf") else max(le for le in bounds if le != float("inf"))
 
 
 @dataclass(frozen=True)

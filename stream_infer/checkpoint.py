@@ -19,6 +19,14 @@ at-least-once (default)::
     4. commit    the consumed offsets (asynchronously for the periodic checkpoints; waited for
                  at shutdown)
 
+The periodic checkpoints run steps 2-4 on a background thread (``commit-path``): the source
+thread only drains, takes the changelog snapshot and the offsets (both as of the drain), and
+goes back to polling, decoding and windowing while the flush, changelog and commit are in
+flight; the offsets go out (``commit_async``, from the source thread) once the background part
+is done. A checkpoint due while the previous one is still in flight waits for the next turn of
+the loop. Checkpoints in rebalance callbacks, at shutdown and before a rewind first wait for the
+one in flight, then run in full on the calling thread.
+
 A crash anywhere before 4 replays the input from the previous commit. Entities whose changelog
 record already holds the newer state drop the replayed samples as duplicates (seq); the others
 recompute the same predictions from the same state, so duplicates are confined to the last
@@ -32,7 +40,9 @@ exactly-once::
     4. commit    commit_transaction(); begin_transaction() for the next interval
 
 Predictions, changelog and offsets become visible to ``read_committed`` readers together or
-not at all. A transaction that fails, or whose steps 3-4 get no answer within
+not at all. The periodic checkpoints run steps 3-4 (and the next ``begin_transaction``) on the
+background thread; meanwhile the sink holds new predictions and dead letters at its gate (they
+belong to the next transaction), and the source thread polls, decodes and windows on. A transaction that fails, or whose steps 3-4 get no answer within
 ``kafka.request_timeout_ms`` (a broker outage; kafka-python 3.0 can also lose a transactional
 request across a broker restart and would wait forever: each client bounds the wait, see
 ``stream_infer.kafka``), is abandoned and the instance rewinds::
@@ -58,6 +68,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import TopicPartition
@@ -92,6 +104,16 @@ logger = logging.getLogger(__name__)
 _GROUP_ERRORS = (RebalanceInProgressError, CommitFailedError, IllegalGenerationError, UnknownMemberIdError)
 
 
+@dataclass
+class _InFlight:
+    """A periodic checkpoint whose background part (flush, changelog, commit) is under way."""
+
+    done: Future[None]
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    started: float  # perf_counter at the checkpoint's start
+    records: int  # changelog records
+
+
 class Checkpointer:
     """Runs the commit path over its collaborators: the group consumer (offsets), the sink (and
     its producer: flushes, transactions), the entity store (changelog snapshots), ``drain`` (the
@@ -124,6 +146,8 @@ class Checkpointer:
         # Set when a transaction was abandoned inside a rebalance callback, where the rewind
         # cannot run (it needs blocking consumer calls); the run loop rewinds before ingesting.
         self.rewind_pending = False
+        self._in_flight: _InFlight | None = None
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="commit-path")
         if self.eos:
             self.begin()
 
@@ -151,14 +175,23 @@ class Checkpointer:
             self._committed.pop(tp, None)
 
     def checkpoint(self, in_callback: bool = False, wait_commit: bool = True) -> None:
-        """Run the commit path. At-least-once offsets are committed asynchronously when
-        ``wait_commit`` is false (the periodic checkpoints: polling need not wait a round trip)
-        or ``in_callback`` (a rebalance callback runs on kafka-python's IO thread, where a
-        blocking commit is not allowed). That is safe because the offsets go last: if such a
-        commit is lost, the input replays into the newer changelog state and the replayed
-        samples are dropped by seq; the partition is committed again at the next checkpoint."""
+        """Run the commit path. ``wait_commit`` false (the periodic checkpoints): steps 2-4 run
+        on the background thread and this returns once the snapshot is taken (``settle`` then
+        sends the at-least-once offsets, asynchronously: polling need not wait a round trip).
+        ``in_callback``: a rebalance callback, which runs on kafka-python's IO thread where a
+        blocking commit is not allowed; at-least-once offsets are committed asynchronously. That
+        is safe because the offsets go last: if such a commit is lost, the input replays into the
+        newer changelog state and the replayed samples are dropped by seq; the partition is
+        committed again at the next checkpoint."""
         if self.closed or self.rewind_pending:
             return
+        background = not wait_commit and not in_callback
+        if self._in_flight is not None:
+            if background:
+                return  # the previous one is still in flight: the next turn of the loop
+            self.settle(wait=True, in_callback=in_callback)
+            if self.rewind_pending:
+                return
         t0 = time.perf_counter()
         self.drain()
         s = self.settings
@@ -166,42 +199,113 @@ class Checkpointer:
         if evicted:
             self.metrics.evicted.labels("ttl").inc(evicted)
             self.metrics.active_entities.set(len(self.store))
-        if not self.eos:
-            self.sink.flush()
-        n = self.sink.changelog(self.store.snapshot_dirty())
+        if self.eos:
+            self.sink.hold()  # from here on, predictions belong to the next transaction
+        records = self.store.snapshot_dirty()
         offsets = {
             tp: OffsetAndMetadata(o, "", -1) for tp, o in self.offsets.items() if self._committed.get(tp) != o
         }
-        if self.eos:
-            try:
-                self._commit_transaction(offsets)
-            except ProducerFencedError:
+        group = self.consumer.group_metadata() if self.eos and offsets else None
+        if background:
+            work = self._transaction if self.eos else self._flush_and_changelog
+            self._in_flight = _InFlight(
+                self._background.submit(work, records, offsets, group), offsets, t0, len(records)
+            )
+            return
+        try:
+            if self.eos:
+                self._transaction(records, offsets, group)
+            else:
+                self._flush_and_changelog(records, offsets, group)
+        except (KafkaError, SinkError) as exc:
+            if not self.eos:
                 raise
-            except (KafkaError, SinkError) as exc:
-                self.metrics.kafka_errors.labels("transaction").inc()
-                if authorization_cause(exc) is not None:
-                    raise  # a rewind would replay into the same refusal: stop, commit nothing
-                logger.warning(
-                    "transaction abandoned (%s: %s); rewinding to the last committed offsets and state",
-                    type(exc).__name__,
-                    exc,
-                )
-                self.rewind_pending = True
-                if not in_callback:
-                    self.rewind()
-                return
-        else:
-            self.sink.flush()
-            if offsets and (in_callback or not wait_commit):
+            self._transaction_failed(exc, in_callback)
+            return
+        if not self.eos:
+            if offsets and in_callback:
                 self.consumer.commit_async(offsets, callback=self._async_done)
             elif offsets and not self._commit(offsets):
                 offsets = {}
+        self._done(offsets, t0, len(records))
+
+    def _flush_and_changelog(
+        self, records: list[tuple[bytes, bytes | None, int]], offsets: Any = None, group: Any = None
+    ) -> None:
+        """At-least-once steps 2-3: predictions acknowledged, then the changelog written and
+        acknowledged (the offsets go out after this returns)."""
+        self.sink.flush()
+        self.sink.changelog(records)
+        self.sink.flush()
+
+    def _transaction(
+        self,
+        records: list[tuple[bytes, bytes | None, int]],
+        offsets: dict[TopicPartition, OffsetAndMetadata],
+        group: Any,
+    ) -> None:
+        """Exactly-once steps 2-4 with the sink held: the changelog into the open transaction,
+        the offsets, the commit, and the next transaction begun; then the sink lets the held
+        predictions through."""
+        self.sink.changelog(records)
+        producer = self.producer
+        producer.commit_transaction_with(offsets, group, self.settings.kafka.request_timeout_ms)
+        self.sink.raise_errors()
+        producer.begin_transaction()
+        self.sink.release()
+
+    def settle(self, wait: bool = False, in_callback: bool = False) -> None:
+        """Finish the checkpoint in flight, if any, once its background part is done (or at
+        once, waiting for it, when ``wait``): at-least-once offsets are committed
+        (asynchronously), an exactly-once failure is handled as a failed transaction. Called by
+        the run loop on every turn."""
+        fl = self._in_flight
+        if fl is None or not (wait or fl.done.done()):
+            return
+        self._in_flight = None
+        try:
+            fl.done.result()
+        except (KafkaError, SinkError) as exc:
+            if not self.eos:
+                raise
+            self._transaction_failed(exc, in_callback)
+            return
+        offsets = {tp: om for tp, om in fl.offsets.items() if tp in self.offsets}  # still owned
+        if offsets and not self.eos:
+            self.consumer.commit_async(offsets, callback=self._async_done)
+        self._done(offsets, fl.started, fl.records)
+
+    def _done(self, offsets: dict[TopicPartition, OffsetAndMetadata], t0: float, records: int) -> None:
         for tp, om in offsets.items():
             self._committed[tp] = om.offset
         self.metrics.commits.inc()
         self.metrics.commit_time.observe(time.perf_counter() - t0)
-        if n or offsets:
-            logger.debug("checkpoint: %d state records, %d partitions", n, len(offsets))
+        if records or offsets:
+            logger.debug("checkpoint: %d state records, %d partitions", records, len(offsets))
+
+    def _transaction_failed(self, exc: BaseException, in_callback: bool) -> None:
+        """A transaction that failed or got no answer: abandoned, then the rewind (at once, or
+        by the run loop when in a callback). Fencing and refused ACLs are not rewound: they end
+        the run."""
+        self.sink.discard_until_replaced()  # what the held predictions belonged to is aborted
+        if isinstance(exc, ProducerFencedError):
+            raise exc
+        self.metrics.kafka_errors.labels("transaction").inc()
+        if authorization_cause(exc) is not None:
+            raise exc  # a rewind would replay into the same refusal: stop, commit nothing
+        logger.warning(
+            "transaction abandoned (%s: %s); rewinding to the last committed offsets and state",
+            type(exc).__name__,
+            exc,
+        )
+        self.rewind_pending = True
+        if not in_callback:
+            self.rewind()
+
+    def close(self) -> None:
+        """No more checkpoints; a background part still running is waited for."""
+        self.closed = True
+        self._background.shutdown(wait=True)
 
     def abandon(self, why: str) -> None:
         """Exactly-once: give up the open transaction without committing it; the run loop
@@ -215,19 +319,15 @@ class Checkpointer:
             )
             self.rewind_pending = True
 
-    def _commit_transaction(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        """Steps 3-4 of the exactly-once path, each bounded by ``request_timeout_ms``."""
-        producer = self.producer
-        producer.commit_transaction_with(
-            offsets, self.consumer.group_metadata(), self.settings.kafka.request_timeout_ms
-        )
-        self.sink.raise_errors()
-        producer.begin_transaction()
-
     def rewind(self) -> None:
         """Back to the last committed transaction: fence and replace the producer (aborting the
         open transaction), seek every assigned partition to its committed offset, and reload
         those partitions' state from the changelog. Runs on the source thread, drained."""
+        if self._in_flight is not None:  # its outcome no longer matters: it is rewound too
+            fl, self._in_flight = self._in_flight, None
+            with contextlib.suppress(Exception):
+                fl.done.result()
+            self.sink.discard_until_replaced()
         self.drain()
         self.replace_producer()
         consumer = self.consumer

@@ -237,6 +237,7 @@ class Service:
                     # Only now: every record of the poll is windowed, handed on or dead-lettered.
                     self.checkpointer.track(polled)
                 self._backpressure()
+                self.checkpointer.settle()  # a background checkpoint that finished: its offsets
                 now = time.monotonic()
                 if now >= next_commit:
                     self.checkpointer.checkpoint(wait_commit=False)
@@ -274,7 +275,7 @@ class Service:
                 logger.error("stopping after a failure: no checkpoint; input replays from the last commit")
         finally:
             if self._started:
-                self.checkpointer.closed = True
+                self.checkpointer.close()
             try:
                 if self._started:
                     self.worker.stop()

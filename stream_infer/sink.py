@@ -63,6 +63,30 @@ class Sink:
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         producer.on_error = self._on_error
+        # Exactly-once: closed while a transaction commits on the commit path's thread, so that
+        # predictions and dead letters wait for the next transaction (``hold``/``release``).
+        self._gate = threading.Event()
+        self._gate.set()
+        self._discard = False  # the open transaction is abandoned: its sends are moot
+
+    def hold(self) -> None:
+        """Predictions and dead letters wait from now on, until ``release``."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def discard_until_replaced(self) -> None:
+        """The transaction is abandoned (it will be aborted and its input replayed): sends are
+        dropped until ``replace_producer``, and nothing waits at the gate."""
+        self._discard = True
+        self._gate.set()
+
+    def _open(self) -> bool:
+        """Wait at the gate; False when sends are to be dropped."""
+        if not self._gate.is_set():
+            self._gate.wait()
+        return not self._discard
 
     def _on_error(self, exc: BaseException) -> None:
         with self._lock:
@@ -76,6 +100,8 @@ class Sink:
             self._errors = []
         producer.on_error = self._on_error
         self.producer = producer
+        self._discard = False
+        self._gate.set()
 
     def publish(self, batch: Chunk, scores: np.ndarray) -> np.ndarray:
         """Send one prediction per window, keyed by entity; returns emit times [B] (ms).
@@ -86,6 +112,8 @@ class Sink:
         producer caches it per key, so the pure-Python hash runs once per entity. A window whose
         last sample's message carried a W3C ``traceparent`` header publishes it with the
         prediction, so a trace follows a sample into the prediction it completed."""
+        if not self._open():
+            return np.full(len(batch), time.time_ns() // 1_000_000, dtype=np.int64)
         emit_ms = time.time_ns() // 1_000_000
         fields = self.head.fields(scores)
         version = self.head.schema_version
@@ -131,6 +159,8 @@ class Sink:
           tenth of the limit, then with no value (empty for a keyless message, which must carry
           one of the two). A refusal even then is not about this record: ``SinkError``.
         """
+        if not self._open():
+            return 0
         limit = self.dead_letter_max_bytes
         headroom = min(DEAD_LETTER_HEADROOM_BYTES, limit)  # what the topic takes beside the value
         n = 0
