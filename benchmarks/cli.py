@@ -23,7 +23,7 @@ _QUICK = typer.Option(False, "--quick", help="Smallest sizes and one repeat (sec
 _OUT = typer.Option(
     None, "--out", help="Where the JSON and PNG files go (default: docs/benchmarks; --quick: .local)."
 )
-NAMES = ("engine", "client", "e2e", "naive", "frames", "hotpath")
+NAMES = ("engine", "client", "e2e", "checkpoint", "naive", "frames", "hotpath")
 
 
 def _run(name: str, quick: bool, out: Path | None) -> Any:
@@ -43,6 +43,12 @@ def engine(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
     """Engine only: predictions/s vs batch (torch, ONNX Runtime), carried state vs recompute,
     GFLOP/s vs the measured matmul peak."""
     _run("engine", quick, out)
+
+
+@bench_app.command()
+def checkpoint(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
+    """Checkpoint cost vs entities touched (1k, 10k, 100k): snapshot, changelog per client."""
+    _run("checkpoint", quick, out)
 
 
 @bench_app.command()

@@ -506,6 +506,7 @@ class ConfluentProducer:
                 k.request_timeout_ms, settings.delivery.transaction_timeout_ms + 100
             )
         conf.update({key: v for key, v in k.librdkafka_properties.items() if key not in conf})
+        self.config = conf
         self._p = _make(ck.Producer, conf)
 
     def _delivered(self, err: ck.KafkaError | None, msg: Any) -> None:

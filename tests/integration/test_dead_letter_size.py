@@ -11,13 +11,14 @@ import uuid
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import MessageSizeTooLargeError
 
 from stream_infer.config import Settings, load_settings
 from stream_infer.errors import ConfigError, SinkError
 from stream_infer.kafka import make_producer, max_request_bytes
+from stream_infer.kafka.kafka_python import KafkaPythonProducer
 from stream_infer.records import InvalidMessage
 from stream_infer.sink import DEAD_LETTER_HEADROOM_BYTES, Sink
 from stream_infer.topics import (
@@ -26,14 +27,22 @@ from stream_infer.topics import (
     ensure_topics,
     max_dead_letter_value_bytes,
 )
+from tests.streaming import client_choice
 
 BIG = 300 * 1024  # a 300 KiB bad message
 
 
-def settings(bootstrap: str, input_topic: str, **topics: Any) -> Settings:
+def settings(bootstrap: str, input_topic: str, client: str | None = None, **topics: Any) -> Settings:
     name = f"dl-{uuid.uuid4().hex[:8]}"  # a client id of its own (kafka-python 3 shares one per id)
+    chosen = {"client": client} if client else client_choice()
     return load_settings(
-        kafka={"bootstrap_servers": bootstrap, "client_id": name, "group_id": name, "startup_timeout_s": 20},
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "client_id": name,
+            "group_id": name,
+            "startup_timeout_s": 20,
+            **chosen,
+        },
         topics={"input": input_topic, "output": f"{input_topic}.out", **topics},
     )
 
@@ -146,7 +155,7 @@ def test_a_dead_letter_the_producer_refuses_is_sent_shorter(
     """kafka-python raises MessageSizeTooLargeError from ``send`` for a record over its
     ``max_request_size``: the dead letter goes again with a tenth of the limit, then no value."""
     dlq = new_topic("dl-refused")
-    producer = KafkaProducer(
+    producer = KafkaPythonProducer(
         bootstrap_servers=kafka_bootstrap,
         client_id=f"dl-tiny-{uuid.uuid4().hex[:6]}",
         max_request_size=max_request_size,
@@ -168,13 +177,32 @@ def test_a_dead_letter_the_producer_refuses_is_sent_shorter(
         assert keyed.value == value[:kept] and keyless.value == value[:kept]
 
 
+@pytest.mark.integration
+def test_librdkafka_refusing_a_dead_letter_gets_it_sent_shorter(kafka_bootstrap: str, new_topic: Any) -> None:
+    """librdkafka refuses a record over ``message.max.bytes`` in ``produce``: the same retry."""
+    dlq = new_topic("dl-refused-rd")
+    s = load_settings(
+        kafka={"bootstrap_servers": kafka_bootstrap, "client": "confluent-kafka"},
+        input={"max_message_bytes": 100_000},  # the producer takes records up to 1 MiB
+    )
+    limit = max_request_bytes(s) + 200_000  # more than the producer takes in one record
+    sink = Sink(make_producer(s), "out", dlq, "cl", "m@1", ["a"], dead_letter_max_bytes=limit)
+    value = b"v" * (limit + 10)
+    try:
+        sink.dead_letter([invalid(value)])
+        sink.flush(30)
+    finally:
+        sink.close()
+    (rec,) = read_all(kafka_bootstrap, dlq, 1)
+    assert rec.value == value[: limit // 10]
+    assert headers_of(rec)["error.value_truncated"] == str(len(value)).encode()
+
+
 class _RefusingProducer:
     def __init__(self) -> None:
         self.tries: list[int | None] = []
 
-    def send(
-        self, topic: str, key: Any = None, value: Any = None, headers: Any = None, partition: Any = None
-    ) -> Any:
+    def produce(self, topic: str, key: Any, value: Any, partition: Any = None, headers: Any = None) -> None:
         self.tries.append(None if value is None else len(value))
         raise MessageSizeTooLargeError("refused")
 
@@ -199,11 +227,13 @@ def test_the_value_limit_leaves_the_headroom_and_respects_the_request_size() -> 
 
 
 @pytest.mark.integration
-def test_the_request_size_rule_is_the_producers(kafka_bootstrap: str) -> None:
-    s = settings(kafka_bootstrap, "unused")
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+def test_the_request_size_rule_is_the_producers(kafka_bootstrap: str, client: str) -> None:
+    s = settings(kafka_bootstrap, "unused", client=client)
     producer = make_producer(s)
     try:
-        assert producer.config["max_request_size"] == max_request_bytes(s)
+        key = "max_request_size" if client == "kafka-python" else "message.max.bytes"
+        assert producer.config[key] == max_request_bytes(s)  # type: ignore[attr-defined]
     finally:
         producer.close()
 
