@@ -560,7 +560,6 @@ _EXTRAS = {
     "tensorrt": "gpu",
     "cuda": "gpu",
     "matplotlib": "bench",
-    "confluent_kafka": "bench",
     "pyinstrument": "bench",
 }
 

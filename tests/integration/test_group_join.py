@@ -1,4 +1,4 @@
-"""The service's group consumer keeps up with rebalances triggered by metadata changes, even
+"""kafka-python's group consumer, as the client layer makes it, keeps up with rebalances triggered by metadata changes, even
 when a join finishes after the poll that started it stopped waiting (see ``stream_infer.kafka.kafka_python``)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _poll_until(consumer, cond, timeout_s: float = 30) -> bool:
 
 def test_a_join_answered_after_the_poll_gave_up_is_applied(kafka_bootstrap, new_topic):
     topic = new_topic("join-race", partitions=1)
-    consumer = make_consumer(settings_for(kafka_bootstrap, topic))
+    consumer = make_consumer(settings_for(kafka_bootstrap, topic, kafka={"client": "kafka-python"}))
     coord = consumer._coordinator
     try:
         consumer.subscribe([topic])

@@ -40,7 +40,6 @@ EXTRA_ONLY = (
     "tensorrt",
     "cuda",
     "matplotlib",
-    "confluent_kafka",
     "pyinstrument",
 )
 

@@ -61,8 +61,7 @@ def topic_partition(new_topic: Callable[..., str]) -> TopicPartition:
 
 @pytest.fixture
 def reader(kafka_bootstrap: str, topic_partition: TopicPartition) -> Iterator[KafkaConsumer]:
-    assert kafka_python.apply()
-    consumer = KafkaConsumer(
+    consumer = kafka_python.KafkaPythonConsumer(
         bootstrap_servers=kafka_bootstrap,
         client_id=f"lso-reader-{topic_partition.topic}",
         group_id=None,
