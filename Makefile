@@ -49,9 +49,11 @@ test-fuzz: install
 	HYPOTHESIS_PROFILE=nightly $(BIN)/pytest -q tests/service/test_decode_fuzz.py
 
 # The broker is started by the test session itself (tests/conftest.py) and stopped when it ends
-# if the session started it.
+# if the session started it. Everything runs with the default Kafka client (confluent-kafka),
+# then the broker suites (integration, durability, security) again with kafka-python.
 test: install tools lint typecheck
 	$(BIN)/pytest -q
+	KAFKA_CLIENT=kafka-python $(BIN)/pytest -q -m integration
 
 demo: install
 	$(BIN)/stream-infer demo

@@ -27,7 +27,7 @@ class _Section(BaseModel):
 
 class KafkaSettings(_Section):
     # The Kafka client (stream_infer.kafka): librdkafka through confluent-kafka, or kafka-python.
-    client: Literal["confluent-kafka", "kafka-python"] = "kafka-python"
+    client: Literal["confluent-kafka", "kafka-python"] = "confluent-kafka"
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "stream-infer"
     group_id: str = "stream-infer"

@@ -293,7 +293,7 @@ class ConfluentConsumer:
         comes among the records is raised at the next call, after the records before it were
         returned (librdkafka's position is already past them: they must not be dropped)."""
         try:
-            msgs = self._c.consume(self._max, timeout_ms / 1000.0)
+            msgs = self._take(timeout_ms / 1000.0)
             self._errors.raise_pending()
         except ck.KafkaException as exc:
             err = _raise(exc)
@@ -330,6 +330,19 @@ class ConfluentConsumer:
                 )
             )
         return out
+
+    def _take(self, timeout_s: float) -> list[Any]:
+        """What is already fetched (up to ``max_poll_records``), without waiting; when nothing
+        is, wait up to ``timeout_s`` for the first record only. (``consume(n, timeout)`` waits
+        until ``n`` records or the timeout: at moderate rates every poll would wait it out.)"""
+        c = self._c
+        msgs = c.consume(self._max, 0)
+        if msgs:
+            return msgs
+        first = c.poll(timeout_s)
+        if first is None:
+            return []
+        return [first, *c.consume(self._max - 1, 0)] if self._max > 1 else [first]
 
     def pause(self, *partitions: TopicPartition) -> None:
         self._c.pause([ck.TopicPartition(tp.topic, tp.partition) for tp in partitions])

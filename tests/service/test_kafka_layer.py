@@ -82,7 +82,7 @@ def test_kafka_client_picks_the_implementation_and_librdkafka_properties_pass_th
         assert p.key_partitions("out", [b"a", b"b"]) == [None, None]  # murmur2 in C
     finally:
         p.abandon()
-    assert load_settings(None).kafka.client == "kafka-python"
+    assert load_settings(None).kafka.client == "confluent-kafka"
 
 
 def test_settings_librdkafka_refuses_end_in_one_line():
