@@ -108,6 +108,7 @@ def run(
         ],
     )
     curves: dict[str, list[tuple[float, float, float]]] = {}
+    gaps: dict[str, dict[float, float]] = {}  # poll-gap histogram over a latency run, per client
     for case, repeats, latency in cases(quick):
         topic = new_topic_name("e2e")
         extra: list[str] = []
@@ -149,10 +150,11 @@ def run(
                 if case.samples_per_message == 1 and case.entities == 1000:
                     report.target(f"e2e >= 150k events/s ({client}, {case.label})", e2e.median, 150_000)
                 if latency:
-                    lat = _latency(
+                    lat, hist = _latency(
                         servers, art, card, case, e2e.median, phase_s, max_wait_ms, report, extra, client
                     )
                     curves[f"{client}, {case.label}"] = lat
+                    gaps[f"{client}, {case.label}"] = hist
         delete_topics(servers, extra)
     report.notes.append(
         "the 100k-entity case runs 100k entities at 10 samples/message; at 1 sample/message it is "
@@ -175,6 +177,21 @@ def run(
         ax.set_ylabel("event -> publish (ms)")
         ax.set_yscale("log")
         ax.set_title("End to end latency at 25/50/75% of the max rate")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        save(report, fig, path)
+        fig, ax, path = figure(report, "poll-gaps", out_dir)
+        for label, cum in gaps.items():
+            bounds = [b for b in sorted(cum) if b != float("inf")]
+            total = cum.get(float("inf"), 0.0) or 1.0
+            share = [1.0 - cum[b] / total for b in bounds]  # gaps longer than each bound
+            ax.step([b * 1000 for b in bounds], share, where="post", label=label)
+        ax.axvline(2 * 100, color="grey", ls=":", label="target: no checkpoint gap > 2 x poll_timeout_ms")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("poll gap (ms): from one poll's return to the next poll")
+        ax.set_ylabel("share of gaps longer")
+        ax.set_title("Poll loop gaps over the latency runs (25/50/75% of max)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
         save(report, fig, path)
@@ -204,7 +221,7 @@ def _latency(
     report: Report,
     extra: list[str],
     client: str,
-) -> list[tuple[float, float, float]]:
+) -> tuple[list[tuple[float, float, float]], dict[float, float]]:
     """One service; the same entities replayed at each fraction in turn, sequences continuing.
     The poll loop's gaps are read from its histogram after each phase (the longest bucket any
     gap reached in that phase)."""
@@ -237,6 +254,7 @@ def _latency(
             total = first
             expect = case.entities * ((total - card.window) // card.hop + 1)
             preds = harness.read_predictions(servers, s.topics.output, expect)
+            hist = svc.buckets("stream_infer_poll_gap_seconds")
             n_commits = svc.sample("stream_infer_commit_seconds_count")
             if n_commits:
                 mean_ms = 1000 * svc.sample("stream_infer_commit_seconds_sum") / n_commits
@@ -286,7 +304,7 @@ def _latency(
         report.notes.append(
             f"{client}, {case.label}: read {len(preds)} of {expect} predictions back for latency"
         )
-    return points
+    return points, hist
 
 
 def main(argv: list[str] | None = None) -> int:

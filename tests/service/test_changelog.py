@@ -31,3 +31,32 @@ def test_state_records_round_trip_and_reject_other_models():
         changelog.decode(vals[0][:30], "m@1", 20, (6,), (2, 8))
     with pytest.raises(StateError):
         changelog.decode(b"garbage", "m@1", 20, (6,), (2, 8))
+
+
+@pytest.mark.parametrize("layout", ["lstm", "gru+convlstm"])
+@pytest.mark.parametrize("n", [1, 5])
+def test_records_built_at_once_equal_the_ones_built_one_by_one(layout, n):
+    from stream_infer.contract import StateSpec, lstm_states
+
+    rng = np.random.default_rng(n)
+    if layout == "lstm":
+        specs = lstm_states(2, 8)
+        states = [rng.normal(size=(2, n, 8)).astype(np.float32) for _ in range(2)]
+    else:
+        specs = (StateSpec("h_in", "h_out", (16,)), StateSpec("s_in", "s_out", (4, 3, 3), batch_axis=1))
+        states = [
+            rng.normal(size=(n, 16)).astype(np.float32),
+            rng.normal(size=(4, n, 3, 3)).astype(np.float32),
+        ]
+    tail = rng.normal(size=(n, 10, 2, 3)).astype(np.float32)
+    seq, ev, count = rng.integers(0, 2**40, n), rng.integers(0, 2**41, n), rng.integers(0, 100, n)
+    fresh = rng.random(n) < 0.5
+    many = changelog.encode_many("model@7", seq, ev, count, fresh, tail, *states, specs=specs)
+    for i in range(n):
+        own = tuple(np.take(a, i, axis=s.batch_axis) for a, s in zip(states, specs, strict=True))
+        one = changelog.encode(
+            "model@7",
+            changelog.EntityState(int(seq[i]), int(ev[i]), int(count[i]), bool(fresh[i]), tail[i], own),
+            specs,
+        )
+        assert many[i] == one
