@@ -23,8 +23,12 @@ class _Captured(Exception):
     pass
 
 
-def _settings(tmp_path: Path, protocol: str, mechanism: str | None) -> Settings:
-    kafka: dict[str, Any] = {"security_protocol": protocol, "bootstrap_servers": "a:9093,b:9093"}
+def _settings(tmp_path: Path, protocol: str, mechanism: str | None, client: str = "kafka-python") -> Settings:
+    kafka: dict[str, Any] = {
+        "security_protocol": protocol,
+        "bootstrap_servers": "a:9093,b:9093",
+        "client": client,
+    }
     if protocol.startswith("SASL"):
         pw = tmp_path / "password"
         pw.write_text(PASSWORD + "\n")
@@ -103,6 +107,44 @@ def test_security_settings_reach_every_client(monkeypatch, tmp_path, protocol, m
             assert kw["ssl_cafile"] == str(tmp_path / "ca.pem"), role
             assert kw["ssl_certfile"] == str(tmp_path / "cert.pem"), role
             assert kw["ssl_password"] == "key-" + PASSWORD, role
+
+
+@pytest.mark.parametrize(
+    "protocol,mechanism",
+    [("SASL_SSL", "SCRAM-SHA-512"), ("SASL_PLAINTEXT", "PLAIN"), ("SSL", None)],
+)
+def test_security_settings_reach_the_librdkafka_clients(monkeypatch, tmp_path, protocol, mechanism):
+    """With kafka.client confluent-kafka the group consumer and the producer are librdkafka's
+    (the changelog reader, the probe and the admin client stay kafka-python's: checked above)."""
+    from stream_infer import kafka as layer
+    from stream_infer.kafka import confluent
+
+    s = _settings(tmp_path, protocol, mechanism, client="confluent-kafka")
+    seen: dict[str, dict[str, Any]] = {}
+
+    def fake(cls: Any, conf: dict[str, Any]) -> Any:
+        seen[conf["client.id"].rsplit("-", 1)[-1]] = conf
+        raise _Captured
+
+    monkeypatch.setattr(confluent, "_make", fake)
+    for call in (lambda: layer.make_consumer(s), lambda: layer.make_producer(s, "txn")):
+        with pytest.raises(_Captured):
+            call()
+    assert set(seen) == {"consumer", "producer"}
+    for role, conf in seen.items():
+        assert conf["security.protocol"] == protocol.lower(), role
+        assert conf["bootstrap.servers"] == "a:9093,b:9093"
+        if mechanism:
+            assert (conf["sasl.mechanism"], conf["sasl.username"]) == (mechanism, "svc"), role
+            assert conf["sasl.password"] == PASSWORD, role  # read from sasl_password_file
+        else:
+            assert "sasl.mechanism" not in conf
+        if protocol.endswith("SSL"):
+            assert conf["ssl.ca.location"] == str(tmp_path / "ca.pem"), role
+            assert conf["ssl.certificate.location"] == str(tmp_path / "cert.pem"), role
+            assert conf["ssl.key.password"] == "key-" + PASSWORD, role
+            assert conf["ssl.endpoint.identification.algorithm"] == "https", role
+    assert seen["producer"]["transactional.id"] == "txn"
 
 
 def test_secrets_never_appear_in_repr_dumps_or_logs(tmp_path, caplog):
