@@ -39,11 +39,11 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True, name="sampler")
         self.every_s = every_s
         self.counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         me = threading.get_ident()
-        while not self._stop.wait(self.every_s):
+        while not self._halt.wait(self.every_s):
             names = {t.ident: t.name for t in threading.enumerate()}
             for ident, frame in sys._current_frames().items():
                 if ident == me:
@@ -51,7 +51,7 @@ class Sampler(threading.Thread):
                 self.counts[names.get(ident, str(ident))][_place(frame)] += 1
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 
