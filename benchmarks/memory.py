@@ -19,8 +19,6 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,19 +38,6 @@ SCENARIOS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Rec:
-    """The fields of a consumer record that decoding reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = field(default_factory=list)
-
-
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -61,6 +46,7 @@ def rss_mb() -> float:
 def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
     from stream_infer.decode import Decoder, Record
     from stream_infer.entities import EntityStore, ModelShape
+    from stream_infer.kafka.types import ConsumedRecord as Rec
     from stream_infer.state import NumpyStateSlab
 
     Decoder("f32", (F,)).decode([])  # load what decoding imports lazily before the baseline

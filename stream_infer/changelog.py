@@ -104,14 +104,9 @@ def encode(model_id: str, state: EntityState, specs: tuple[StateSpec, ...] | Non
         state.count,
         shape[0],
     )
-    dims = struct.pack(f"<B{len(shape) - 1}I", len(shape) - 1, *shape[1:])
-    if version == 1:
-        layout = struct.pack("<HI", *specs[0].shape)
-    else:
-        layout = struct.pack("<B", len(specs)) + b"".join(
-            struct.pack(f"<B{len(s.shape)}I", len(s.shape), *s.shape) for s in specs
-        )
-    return b"".join((head, dims, layout, mid, _f32(state.tail), *(_f32(a) for a in state.states)))
+    return b"".join(
+        (head, _layout(shape, specs, version), mid, _f32(state.tail), *(_f32(a) for a in state.states))
+    )
 
 
 def encode_many(
@@ -147,14 +142,7 @@ def encode_many(
     head["event_ms"] = event_ms
     head["count"] = count
     head["window"] = shape[0]
-    dims = struct.pack(f"<B{len(shape) - 1}I", len(shape) - 1, *shape[1:])
-    if version == 1:
-        layout = struct.pack("<HI", *specs[0].shape)
-    else:
-        layout = struct.pack("<B", len(specs)) + b"".join(
-            struct.pack(f"<B{len(s.shape)}I", len(s.shape), *s.shape) for s in specs
-        )
-    fixed = np.frombuffer(dims + layout + mid, dtype=np.uint8)
+    fixed = np.frombuffer(_layout(shape, specs, version) + mid, dtype=np.uint8)
     parts = [
         head.view(np.uint8).reshape(n, _HEAD.size),
         np.broadcast_to(fixed, (n, len(fixed))),
@@ -165,6 +153,19 @@ def encode_many(
     width = matrix.shape[1]
     buf = matrix.tobytes()
     return [buf[i * width : (i + 1) * width] for i in range(n)]
+
+
+def _layout(tail_shape: tuple[int, ...], specs: tuple[StateSpec, ...], version: int) -> bytes:
+    """What follows the header: the sample dims past W, then the state layout (v1: the LSTM
+    pair's (L, Hd); v2: every state's shape)."""
+    dims = struct.pack(f"<B{len(tail_shape) - 1}I", len(tail_shape) - 1, *tail_shape[1:])
+    if version == 1:
+        return dims + struct.pack("<HI", *specs[0].shape)
+    return (
+        dims
+        + struct.pack("<B", len(specs))
+        + b"".join(struct.pack(f"<B{len(s.shape)}I", len(s.shape), *s.shape) for s in specs)
+    )
 
 
 def _rows(a: np.ndarray) -> np.ndarray:

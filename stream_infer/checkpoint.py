@@ -201,17 +201,23 @@ class Checkpointer:
             self.metrics.active_entities.set(len(self.store))
         if self.eos:
             self.sink.hold()  # from here on, predictions belong to the next transaction
-        records = self.store.snapshot_dirty()
-        offsets = {
-            tp: OffsetAndMetadata(o, "", -1) for tp, o in self.offsets.items() if self._committed.get(tp) != o
-        }
-        group = self.consumer.group_metadata() if self.eos and offsets else None
-        if background:
-            work = self._transaction if self.eos else self._flush_and_changelog
-            self._in_flight = _InFlight(
-                self._background.submit(work, records, offsets, group), offsets, t0, len(records)
-            )
-            return
+        try:
+            records = self.store.snapshot_dirty()
+            offsets = {
+                tp: OffsetAndMetadata(o, "", -1)
+                for tp, o in self.offsets.items()
+                if self._committed.get(tp) != o
+            }
+            group = self.consumer.group_metadata() if self.eos and offsets else None
+            if background:
+                work = self._transaction if self.eos else self._flush_and_changelog
+                self._in_flight = _InFlight(
+                    self._background.submit(work, records, offsets, group), offsets, t0, len(records)
+                )
+                return
+        except BaseException:
+            self.sink.release()  # nothing was committed: the caller's failure path takes over
+            raise
         try:
             if self.eos:
                 self._transaction(records, offsets, group)

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from stream_infer.errors import DataError
+from stream_infer.kafka.types import ConsumedRecord
 from stream_infer.model.card import ModelCard, load_card
 from stream_infer.model.datasets import Recordings
 
@@ -26,19 +27,6 @@ if TYPE_CHECKING:
 
 _POLL = 4096  # records per ingest call, as one poll of the service would bring
 _TS0 = 1_700_000_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Record:
-    """The fields of a consumer record that decoding reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -377,11 +365,11 @@ def _check_fits(card: ModelCard, recordings: Recordings) -> None:
         )
 
 
-def _polls(recordings: Recordings) -> list[list[_Record]]:
+def _polls(recordings: Recordings) -> list[list[ConsumedRecord]]:
     """Round-robin over recordings (sample i of each, then i + 1), cut into polls; offsets count
     up as on one partition. f32 values with ``seq`` and ``ts`` headers."""
-    out: list[list[_Record]] = []
-    poll: list[_Record] = []
+    out: list[list[ConsumedRecord]] = []
+    poll: list[ConsumedRecord] = []
     keys = [entity_of(i, n).encode() for i, n in enumerate(recordings.names)]
     longest = max(len(v) for v in recordings.values)
     offset = 0
@@ -391,7 +379,9 @@ def _polls(recordings: Recordings) -> list[list[_Record]]:
         for key, values in zip(keys, recordings.values, strict=True):
             if t < len(values):
                 value = np.ascontiguousarray(values[t], dtype="<f4").tobytes()
-                poll.append(_Record("evaluate", 0, offset, _TS0, key, value, [("seq", seq), ("ts", ts)]))
+                poll.append(
+                    ConsumedRecord("evaluate", 0, offset, _TS0, key, value, [("seq", seq), ("ts", ts)])
+                )
                 offset += 1
                 if len(poll) == _POLL:
                     out.append(poll)

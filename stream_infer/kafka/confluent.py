@@ -27,7 +27,7 @@ from kafka.structs import OffsetAndMetadata
 
 from stream_infer.errors import ConfigError
 from stream_infer.kafka import heartbeat_interval_ms, max_request_bytes, producer_batch_bytes
-from stream_infer.kafka.types import ConsumedRecord, ErrorCallback, StableOffset
+from stream_infer.kafka.types import ConsumedRecord, ErrorCallback, StableOffset, unhandled
 
 if TYPE_CHECKING:
     from stream_infer.config import KafkaSettings, Settings
@@ -230,28 +230,27 @@ class ConfluentConsumer:
     # --- the group ---
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
-        def assigned(_c: Any, parts: list[ck.TopicPartition]) -> None:
-            tps = {self._tp(p.topic, p.partition) for p in parts}
-            self._assigned |= tps
-            if listener is not None and not self._silenced:
-                listener.on_partitions_assigned(tps)
+        def call_back(event: str, assigned: bool) -> Callable[[Any, list[ck.TopicPartition]], None]:
+            """Keep the assignment (and paused set) up to date, then tell the listener."""
 
-        def revoked(_c: Any, parts: list[ck.TopicPartition]) -> None:
-            tps = {self._tp(p.topic, p.partition) for p in parts}
-            self._assigned -= tps
-            self._paused -= tps
-            if listener is not None and not self._silenced:
-                listener.on_partitions_revoked(tps)
+            def cb(_c: Any, parts: list[ck.TopicPartition]) -> None:
+                tps = {self._tp(p.topic, p.partition) for p in parts}
+                if assigned:
+                    self._assigned |= tps
+                else:
+                    self._assigned -= tps
+                    self._paused -= tps
+                if listener is not None and not self._silenced:
+                    getattr(listener, f"on_partitions_{event}")(tps)
 
-        def lost(_c: Any, parts: list[ck.TopicPartition]) -> None:
-            tps = {self._tp(p.topic, p.partition) for p in parts}
-            self._assigned -= tps
-            self._paused -= tps
-            if listener is not None and not self._silenced:
-                listener.on_partitions_lost(tps)
+            return cb
 
         self._topics, self._listener = list(topics), listener
-        self._callbacks = {"on_assign": assigned, "on_revoke": revoked, "on_lost": lost}
+        self._callbacks = {
+            "on_assign": call_back("assigned", True),
+            "on_revoke": call_back("revoked", False),
+            "on_lost": call_back("lost", False),
+        }
         self._c.subscribe(topics, **self._callbacks)
 
     def _replace(self, why: BaseException) -> None:
@@ -459,6 +458,13 @@ class ConfluentConsumer:
         self._c.close()
 
 
+class _Abandoned:
+    """What an abandoned producer holds instead of its librdkafka instance: any use is a bug."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise kerr.IllegalStateError(f"producer.{name}: this producer was abandoned")
+
+
 def _make(cls: Any, conf: dict[str, Any]) -> Any:
     """A librdkafka client; settings it refuses end the start with one line."""
     try:
@@ -488,7 +494,7 @@ class ConfluentProducer:
         dead_letter_max_bytes: int | None = None,
     ) -> None:
         k = settings.kafka
-        self.on_error: ErrorCallback = _unhandled
+        self.on_error: ErrorCallback = unhandled
         self._errors = _OutOfBand("producer")
         self._timeout_s = k.request_timeout_ms / 1000.0
         self._unserved = 0
@@ -598,17 +604,18 @@ class ConfluentProducer:
         return set() if t is None or t.error is not None else set(t.partitions)
 
     def abandon(self) -> None:
-        """Drop what is queued or in flight without delivering it, and serve those records'
-        callbacks (their errors belong to an aborted transaction)."""
+        """Drop what is queued or in flight without delivering it, serve those records'
+        callbacks (their errors belong to an aborted transaction), and destroy the librdkafka
+        instance. Destroyed, not left to the garbage collector: an instance whose
+        ``init_transactions`` timed out goes on in the background, and when it gets its epoch
+        later it fences the producer that replaced it."""
+        handle, self._p = self._p, _Abandoned()
         try:
-            self._p.purge(in_queue=True, in_flight=True, blocking=False)
-            self._p.poll(0)
+            handle.purge(in_queue=True, in_flight=True, blocking=False)
+            handle.poll(0)
         except Exception as exc:
             logger.info("purging the abandoned producer: %s", exc)
+        del handle  # the last reference: rd_kafka_destroy runs now
 
     def close(self, timeout: float | None = None) -> None:
         self.flush_within(timeout)
-
-
-def _unhandled(exc: BaseException) -> None:
-    logger.error("a record was not delivered and nobody listens: %r", exc)

@@ -47,7 +47,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.structs import MemberState, OffsetAndMetadata
 
-from stream_infer.kafka.types import ErrorCallback, StableOffset
+from stream_infer.kafka.types import ErrorCallback, StableOffset, unhandled
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
-        self.on_error: ErrorCallback = _unhandled
+        self.on_error: ErrorCallback = unhandled
         self._partition_of: dict[bytes, int] = {}
         self._sorted_partitions: list[int] = []
 
@@ -273,10 +273,6 @@ class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
         if sender is not None and sender.is_alive():
             sender.force_close()
             sender.join(10)
-
-
-def _unhandled(exc: BaseException) -> None:
-    logger.error("a record was not delivered and nobody listens: %r", exc)
 
 
 __all__ = ["KafkaPythonConsumer", "KafkaPythonProducer", "StableOffset", "apply", "stable_offset"]

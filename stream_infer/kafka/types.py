@@ -8,14 +8,21 @@ the access checks handle one set of errors.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 ErrorCallback = Callable[[BaseException], None]
 
 
+def unhandled(exc: BaseException) -> None:
+    """A producer's error callback until a sink sets its own."""
+    logging.getLogger("stream_infer.kafka").error("a record was not delivered and nobody listens: %r", exc)
+
+
 class ConsumedRecord(NamedTuple):
-    """One consumed record, in the fields decoding uses (``decode.Record``)."""
+    """One consumed record, in the fields decoding uses (``decode.Record``); also what offline
+    replays and tests hand to ``Service.ingest``."""
 
     topic: str
     partition: int
@@ -23,7 +30,7 @@ class ConsumedRecord(NamedTuple):
     timestamp: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 class StableOffset(NamedTuple):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from stream_infer.config import load_settings
+from stream_infer.kafka.types import ConsumedRecord as Rec
 from stream_infer.metrics import INVALID_REASONS
 from stream_infer.model.card import ModelCard
 from stream_infer.service import Service
@@ -33,17 +33,6 @@ TS0 = 1_700_000_000_000
 GOOD = ("good-0", "good-1", "good-2")
 SAMPLES = 9  # per good entity: hops at seq 3, 5, 7
 EXAMPLES = 300 * (10 if os.environ.get("HYPOTHESIS_PROFILE") == "nightly" else 1)
-
-
-@dataclass
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def card_for(fmt: str) -> ModelCard:
