@@ -575,6 +575,9 @@ def _await_metadata(settings: Settings, timeout_s: float = 30.0) -> None:
     """
     from kafka import KafkaConsumer
 
+    from stream_infer.kafka import kafka_python
+
+    kafka_python.apply()
     probe = KafkaConsumer(**settings.kafka.client_kwargs("probe"), group_id=None, enable_auto_commit=False)
     try:
         deadline = time.monotonic() + timeout_s

@@ -28,6 +28,9 @@ def read_changelog(
     parts = [TopicPartition(settings.changelog_topic, p) for p in sorted(set(partitions))]
     if not parts:
         return {}
+    from stream_infer.kafka import kafka_python
+
+    kafka_python.apply()
     consumer = KafkaConsumer(
         **settings.kafka.client_kwargs("changelog"),
         group_id=None,

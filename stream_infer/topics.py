@@ -244,6 +244,9 @@ def admin_client(settings: Settings, timeout_s: float | None = None) -> KafkaAdm
     The first success lets kafka-python's own warnings through (``logs.kafka_connected``);
     until then its line per failed attempt is held back and the last one becomes the cause in
     the ``ConfigError``."""
+    from stream_infer.kafka import kafka_python
+
+    kafka_python.apply()  # a refusal's answer read together with the close is kept
     k = settings.kafka
     timeout_s = k.startup_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
@@ -262,8 +265,22 @@ def admin_client(settings: Settings, timeout_s: float | None = None) -> KafkaAdm
                 cause = kafka_startup_fault() or str(exc)
                 raise ConfigError(
                     f"cannot reach Kafka at {k.bootstrap_servers} within {timeout_s:g} s: {cause}"
+                    + _closed_during_sasl(k.security_protocol, kafka_startup_faults())
                 ) from exc
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
             continue
         kafka_connected()
         return admin
+
+
+def _closed_during_sasl(protocol: str, faults: list[str]) -> str:
+    """The second possibility, for a SASL listener that only ever closed the connection: a
+    broker that answers bad credentials with a bare close (no error response) looks like this
+    from the client's side, so the line names both causes and what to check first."""
+    if not protocol.startswith("SASL") or not any("socket disconnected" in f for f in faults):
+        return ""
+    return (
+        "; the broker accepted the connection and then closed it, which is also how a broker "
+        "without SaslAuthenticate error responses refuses credentials: check "
+        "kafka.sasl_username and the password first, then the broker's log"
+    )

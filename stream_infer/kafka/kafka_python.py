@@ -30,6 +30,15 @@ transaction holds it there until the broker aborts the transaction (the producer
 ``transaction_timeout_ms`` plus the broker's abort check), and every reader of the partition
 waits. Fetch responses carry the LSO, but kafka-python keeps only the high watermark; the patch
 keeps the LSO too, and ``stable_offset()`` reports it with how long it has been stuck.
+
+**The last bytes before a disconnect.** kafka-python's transport reads a socket until it would
+block; when that read ends in the peer's close, it aborts with "socket disconnected" and throws
+away the bytes it read just before. A broker that refuses SASL credentials sends its
+``SaslAuthenticate`` error and closes the connection at once (after
+``connection.failed.authentication.delay.ms``), so both often arrive in one read, and the refusal
+was then reported as a network fault ("cannot reach Kafka") one start in three. The patch hands
+those bytes to the connection first, lets the coroutine waiting on them run (it raises the
+refusal), and only then closes the transport.
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.consumer import ConsumerCoordinator
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaProtocolError, KafkaTimeoutError
+from kafka.net.transport import KafkaTCPTransport
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.structs import MemberState, OffsetAndMetadata
 
@@ -54,13 +64,51 @@ logger = logging.getLogger(__name__)
 _PATCHED = "_stream_infer_join_fix"
 _LSO_PATCHED = "_stream_infer_lso_tracked"
 _LSO = "_stream_infer_lso"  # on kafka-python's per-partition state: (hw, lso, stuck since)
+_READ_PATCHED = "_stream_infer_reads_before_close"
 
 
 def apply() -> bool:
     """Patch kafka-python (idempotent); False when a patch does not fit this kafka-python."""
     join_fixed = _fix_group_join()
     lso_tracked = _track_last_stable_offset()
-    return join_fixed and lso_tracked
+    reads_kept = _keep_bytes_read_before_close()
+    return join_fixed and lso_tracked and reads_kept
+
+
+def _keep_bytes_read_before_close() -> bool:
+    """Patch ``KafkaTCPTransport`` (and so its TLS subclass); False when it does not fit."""
+    cls: Any = KafkaTCPTransport
+    if getattr(cls, _READ_PATCHED, False):
+        return True
+    if not all(hasattr(cls, name) for name in ("_read_from_sock", "_sock_recv", "abort")):
+        logger.warning("kafka-python's transport has changed; bytes read before a close may be lost")
+        return False
+
+    async def patched_read_from_sock(self: Any) -> None:
+        while self._read and not self._closed:
+            await self._net.wait_read(self._sock)
+            data, err = self._sock_recv()
+            if data:
+                self.last_read = time.monotonic()
+                sensors = getattr(self._protocol, "_sensors", None) if self._protocol else None
+                if sensors:
+                    sensors.bytes_received.record(len(data))
+                try:
+                    if self._protocol is not None:
+                        self._protocol.data_received(data)
+                except KafkaProtocolError as exc:
+                    return self.abort(error=exc)
+            if err:
+                if data:
+                    # Let the coroutines the last response woke run first (a SASL refusal
+                    # raises there); the disconnect is then only the broker's close after it.
+                    await self._net.sleep(0)
+                return self.abort(error=err)
+        return None
+
+    cls._read_from_sock = patched_read_from_sock
+    setattr(cls, _READ_PATCHED, True)
+    return True
 
 
 def _fix_group_join() -> bool:

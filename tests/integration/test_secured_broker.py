@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -344,6 +345,53 @@ def test_a_refused_connection_ends_the_start_in_one_line(
     assert "not-the-password" not in line
     assert took < 15, f"{took:.1f} s to give up: retried a refusal"
     assert committed_offsets(secured.mtls, f"g-{topic}", topic, 2) == {0: 0, 1: 0}
+
+
+_ATTEMPTS = """
+import sys, yaml
+from stream_infer.config import load_settings
+from stream_infer.errors import ConfigError
+from stream_infer.logs import configure_logging
+from stream_infer.topics import admin_client
+
+settings = load_settings(None, **yaml.safe_load(open(sys.argv[1])))
+for _ in range(int(sys.argv[2])):
+    configure_logging("WARNING")  # a fresh start each time: nothing seen by an earlier attempt
+    try:
+        admin_client(settings, timeout_s=2).close()  # one short attempt, as a start makes
+        print("connected")
+    except ConfigError as exc:
+        print(str(exc).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("case", ["wrong password", "unknown user"])
+def test_every_refused_start_attempt_names_the_refusal(
+    secured: Secured, artifact, tmp_path: Path, case: str
+) -> None:
+    """Twenty start-up connections in a row, in one process: each names the refused credentials.
+
+    The broker's error response and its close often arrive in one read; a client that drops
+    the bytes read before a close reports a disconnect instead (one attempt in four before)."""
+    change, auth, cause = REFUSALS[case]
+    topic = _topic_for(secured, "attempts")
+    cfg = service_config(
+        secured.mtls,
+        topic,
+        artifact,
+        "a",
+        kafka=secured.client(auth, **change(secured, tmp_path)),
+        topics={"input": topic, "output": f"{topic}.out", "create": False},
+    )
+    path = _write(cfg, tmp_path / "attempts.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-c", _ATTEMPTS, str(path), "20"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 20, proc.stdout
+    wrong = [ln for ln in lines if cause not in ln]
+    assert not wrong, f"{len(wrong)} of 20 attempts did not name the refusal: {wrong[0]}"
 
 
 def test_hostname_verification_is_off_only_when_asked_and_then_warned(
