@@ -28,7 +28,16 @@ Version 2, for any other state contract: the same up to ``dims``, then::
     tail      f32   [W, *sample_shape]
     states    f32   each state tensor in turn, C order
 
-Readers accept both. A tombstone (null value) deletes an entity (evicted or expired). State
+Version 3, written since the sequence rules keep an ``anchor`` per entity (docs/formats.md):
+version 2's layout for every state contract, with one more header field after ``window``::
+
+    anchor    i64   last seq of the segment before the current one, when the current one began
+                    with a seq jump; -1 otherwise (lets a lone outlier be told from a restart)
+    offset    i64   input offset of the last sample the state has seen; -1 if unknown (input
+                    read again after a restart is dropped by offset, not judged by seq)
+
+Readers accept all three (versions 1 and 2 read with no anchor and no offset); writers write version 3. A
+tombstone (null value) deletes an entity (evicted or expired). State
 written by another model id is not restored (unless the caller allows it: a model upgrade with
 the same state contract); the entity restarts from zero (counted as a reset).
 """
@@ -40,12 +49,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_infer.contract import StateSpec, is_lstm_pair, lstm_states
+from stream_infer.contract import StateSpec, lstm_states
 from stream_infer.errors import StateError
 
 MAGIC = b"SIST"
-FORMAT_VERSION = 2  # the newest this code reads and writes; 1 is still written for LSTM pairs
+FORMAT_VERSION = 3  # the version this code writes; it reads 1, 2 and 3
+NO_ANCHOR = -1
 _HEAD = struct.Struct("<4sBBHqqqI")
+_ANCHOR = struct.Struct("<qq")  # version 3: anchor and offset, right after the header
 # The same header as a packed numpy record, for encoding many entities at once.
 _HEAD_DTYPE = np.dtype(
     [
@@ -57,6 +68,8 @@ _HEAD_DTYPE = np.dtype(
         ("event_ms", "<i8"),
         ("count", "<i8"),
         ("window", "<u4"),
+        ("anchor", "<i8"),
+        ("offset", "<i8"),
     ]
 )
 
@@ -70,6 +83,8 @@ class EntityState:
     tail: np.ndarray  # [W, *sample_shape] float32
     states: tuple[np.ndarray, ...]  # one per state tensor, per-entity shape (no batch axis)
     model_id: str = ""  # the model that wrote it (set by ``decode``)
+    anchor: int = NO_ANCHOR  # see the sequence rules (stream_infer.windows)
+    offset: int = NO_ANCHOR  # input offset of the last sample seen; -1: unknown
 
     @property
     def h(self) -> np.ndarray:
@@ -93,19 +108,18 @@ def encode(model_id: str, state: EntityState, specs: tuple[StateSpec, ...] | Non
     mid = model_id.encode()
     shape = state.tail.shape
     specs = specs if specs is not None else lstm_states(*state.states[0].shape)
-    version = 1 if is_lstm_pair(specs) else 2
     head = _HEAD.pack(
         MAGIC,
-        version,
+        FORMAT_VERSION,
         int(state.fresh),
         len(mid),
         state.last_seq,
         state.event_ms,
         state.count,
         shape[0],
-    )
+    ) + _ANCHOR.pack(state.anchor, state.offset)
     return b"".join(
-        (head, _layout(shape, specs, version), mid, _f32(state.tail), *(_f32(a) for a in state.states))
+        (head, _layout(shape, specs, FORMAT_VERSION), mid, _f32(state.tail), *(_f32(a) for a in state.states))
     )
 
 
@@ -118,6 +132,8 @@ def encode_many(
     tail: np.ndarray,
     *states: np.ndarray,
     specs: tuple[StateSpec, ...] | None = None,
+    anchor: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
 ) -> list[bytes]:
     """Values for B entities: tail [B, W, *shape], each state in the graph's layout (batch on its
     ``batch_axis``, as the slab reads it; an LSTM's h and c are [L, B, Hd]).
@@ -132,7 +148,7 @@ def encode_many(
         return []
     mid = model_id.encode()
     shape = tail.shape[1:]
-    version = 1 if is_lstm_pair(specs) else 2
+    version = FORMAT_VERSION
     head = np.zeros(n, dtype=_HEAD_DTYPE)
     head["magic"] = MAGIC
     head["version"] = version
@@ -142,9 +158,11 @@ def encode_many(
     head["event_ms"] = event_ms
     head["count"] = count
     head["window"] = shape[0]
+    head["anchor"] = NO_ANCHOR if anchor is None else anchor
+    head["offset"] = NO_ANCHOR if offset is None else offset
     fixed = np.frombuffer(_layout(shape, specs, version) + mid, dtype=np.uint8)
     parts = [
-        head.view(np.uint8).reshape(n, _HEAD.size),
+        head.view(np.uint8).reshape(n, _HEAD.size + _ANCHOR.size),
         np.broadcast_to(fixed, (n, len(fixed))),
         _rows(tail),
         *(_rows(np.moveaxis(a, sp.batch_axis, 0)) for a, sp in zip(states, specs, strict=True)),
@@ -190,8 +208,12 @@ def decode(
         off = _HEAD.size
         if magic != MAGIC:
             raise StateError("not a stream-infer state record")
-        if ver not in (1, 2):
+        if ver not in (1, 2, 3):
             raise StateError(f"state format version {ver} is not supported")
+        anchor = offset = NO_ANCHOR
+        if ver == 3:
+            anchor, offset = _ANCHOR.unpack_from(value, off)
+            off += _ANCHOR.size
         (ndim,) = struct.unpack_from("<B", value, off)
         dims = struct.unpack_from(f"<{ndim}I", value, off + 1)
         off += 1 + 4 * ndim
@@ -232,7 +254,15 @@ def decode(
         out.append(arr[at : at + n].reshape(s.shape))
         at += n
     return EntityState(
-        last_seq, event_ms, count, bool(fresh), arr[:n_tail].reshape(w, *dims), tuple(out), mid
+        last_seq,
+        event_ms,
+        count,
+        bool(fresh),
+        arr[:n_tail].reshape(w, *dims),
+        tuple(out),
+        mid,
+        anchor,
+        offset,
     )
 
 

@@ -280,6 +280,19 @@ class EntitySettings(_Section):
     idle_ttl_s: float = Field(3600.0, gt=0)
     # A forward jump in seq larger than this resets the entity's window and state.
     max_seq_gap: int = Field(100, ge=1)
+    # A backward jump larger than this is a restart (a new segment from zero state); smaller ones
+    # are dropped as reorderings. None: the model's window - 2 (at least 0, below max_seq_gap),
+    # so that neither a restart nor an outlier costs more than one window's warm-up.
+    max_seq_rewind: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _rewind_below_gap(self) -> EntitySettings:
+        if self.max_seq_rewind is not None and self.max_seq_rewind >= self.max_seq_gap:
+            raise ValueError(
+                f"entities.max_seq_rewind ({self.max_seq_rewind}) must be below entities.max_seq_gap "
+                f"({self.max_seq_gap}): an outlier's jump must then be followed by a restart, not by drops"
+            )
+        return self
 
 
 class BatcherSettings(_Section):

@@ -6,6 +6,10 @@
 ``image``  value: one JPEG or PNG frame; headers ``seq`` and ``ts``; converted to the model's
            channels and size, as float32 pixel values 0..255 (the model normalises).
 
+Every format: a header ``reset`` of ``1``/``true`` (or ``0``/``false``) says the device restarted:
+its message's first sample starts a new segment (window and state from zero); in ``json`` (and
+``registry``) documents a sample's ``"reset": true`` says the same of that sample.
+
 The key is the entity id (UTF-8). ``ts`` lies in [``TS_MIN_MS``, ``TS_MAX_MS``) (1970-01-01 ..
 2200-01-01 UTC) and ``seq`` in [0, ``SEQ_MAX``). A message that breaks any rule becomes an
 ``InvalidMessage`` with a stable reason and never reaches a window. Decoding never raises on any
@@ -40,6 +44,8 @@ logger = logging.getLogger(__name__)
 Format = Literal["json", "f32", "image", "registry"]
 
 REASONS = INVALID_REASONS  # the stable reason labels a DecodeError carries
+# What one message's parse gives: seqs, event times, values, and reset flags (None: none set)
+Parsed = tuple[list[int], list[int], Any, list[bool] | None]
 
 TS_MIN_MS = 0  # 1970-01-01T00:00:00Z, inclusive
 TS_MAX_MS = 7_258_118_400_000  # 2200-01-01T00:00:00Z, exclusive
@@ -130,6 +136,8 @@ class Decoder:
                 return None
         else:
             return None
+        if any("reset" in it for it in items) or _has_reset_header(records):
+            return None  # rare: the per-message path reads and checks reset flags
         seqs = [it.get("seq") for it in items]
         times = [it.get("ts") for it in items]
         vals = [it.get("values") for it in items]
@@ -151,6 +159,7 @@ class Decoder:
             np.asarray(times, dtype=np.int64) if float not in set(map(type, times)) else ts.astype(np.int64)
         )
         parts = np.fromiter((r.partition for r in records), dtype=np.int32, count=len(records))
+        offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
         with np.errstate(over="ignore"):  # overflow becomes inf: rejected as non_finite below
             if value_types == {float}:  # Python floats are doubles: through float64 is exact, and faster
                 flat = np.fromiter(chain.from_iterable(vals), dtype=np.float64, count=len(vals) * f)
@@ -160,6 +169,7 @@ class Decoder:
         if counts is not None:
             rep = np.asarray(counts)
             parts = np.repeat(parts, rep)
+            offs = np.repeat(offs, rep)
             ents = [e for e, n in zip(ents, counts, strict=True) for _ in range(n)]
         finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
         if not finite.all():
@@ -168,7 +178,7 @@ class Decoder:
         if trace is not None and counts is not None:
             trace = [t for t, n in zip(trace, counts, strict=True) for _ in range(n)]
         batch = SampleBatch(
-            entities=ents, seq=seq, event_ms=event_ms, values=arr, partition=parts, trace=trace
+            entities=ents, seq=seq, event_ms=event_ms, values=arr, partition=parts, trace=trace, offset=offs
         )
         return DecodeResult(batch, [], len(records))
 
@@ -179,6 +189,7 @@ class Decoder:
         parts: list[int] = []
         values: list[Any] = []  # per format: lists of numbers, raw bytes, or arrays
         counts: list[int] = []  # samples per accepted message
+        resets: list[bool] = []  # per sample: a new segment starts here
         accepted: list[Record] = []
         invalid: list[InvalidMessage] = []
         parse = {
@@ -194,10 +205,13 @@ class Decoder:
                     raise DecodeError("undecodable", "empty value (tombstone)")
                 if len(rec.value) > self.max_message_bytes:
                     raise DecodeError("oversized", f"{len(rec.value)} bytes > {self.max_message_bytes}")
-                s, t, v = parse(rec)
+                s, t, v, r = parse(rec)
                 n = len(s)
                 if len(t) != n:
                     raise ValueError(f"{n} seqs but {len(t)} event times")
+                r = r or [False] * n
+                if _header_reset(rec):
+                    r = [True, *r[1:]]
             except DecodeError as err:
                 invalid.append(_invalid(rec, err))
                 continue
@@ -212,6 +226,7 @@ class Decoder:
             parts.extend([rec.partition] * n)
             values.append(v)
             counts.append(n)
+            resets.extend(r)
             accepted.append(rec)
         failed: dict[int, DecodeError] = {}
         try:
@@ -233,6 +248,7 @@ class Decoder:
             counts = [counts[i] for i in np.flatnonzero(keep_msg)]
             seqs = [seqs[i] for i in idx]
             times = [times[i] for i in idx]
+            resets = [resets[i] for i in idx]
             parts = [parts[i] for i in idx]
         trace = message_traces(accepted)
         if trace is not None:
@@ -244,34 +260,38 @@ class Decoder:
             values=arr,
             partition=np.asarray(parts, dtype=np.int32),
             trace=trace,
+            reset=np.asarray(resets, dtype=bool) if any(resets) else None,
+            offset=np.repeat(np.asarray([r.offset for r in accepted], dtype=np.int64), counts),
         )
         return DecodeResult(batch, invalid, len(records))
 
-    # --- per format: (seqs, event times, values) of one message; raise DecodeError ---
+    # --- per format: (seqs, event times, values, reset flags or None) of one message; raise
+    # DecodeError ---
 
-    def _parse_json(self, rec: Record) -> tuple[list[int], list[int], list[Any]]:
+    def _parse_json(self, rec: Record) -> Parsed:
         try:
             doc = orjson.loads(rec.value)  # type: ignore[arg-type]
         except orjson.JSONDecodeError as exc:
             raise DecodeError("undecodable", f"not JSON: {exc}") from None
         return self._samples_of(doc, rec)
 
-    def _parse_registry(self, rec: Record) -> tuple[list[int], list[int], list[Any]]:
+    def _parse_registry(self, rec: Record) -> Parsed:
         """A schema-registry wire-format value (Avro or JSON): the same document rules as json."""
         assert self.registry is not None, "format registry needs a SchemaRegistry"
         schema_id, payload = registry.split_wire(rec.value or b"")
         doc = registry.decode_value(self.registry.get(schema_id), payload)
         return self._samples_of(doc, rec)
 
-    def _samples_of(self, doc: Any, rec: Record) -> tuple[list[int], list[int], list[Any]]:
-        """(seqs, event times, values) of a decoded document: one sample object or a list."""
+    def _samples_of(self, doc: Any, rec: Record) -> Parsed:
+        """(seqs, event times, values, resets) of a decoded document: one sample object or a
+        list."""
         items = doc if isinstance(doc, list) else [doc]
         if not items:
             raise DecodeError("wrong_shape", "empty sample list")
         if len(items) > self.max_samples_per_message:
             raise DecodeError("too_many_samples", f"{len(items)} samples > {self.max_samples_per_message}")
         f = self.sample_shape[0]
-        seqs, times, vals = [], [], []
+        seqs, times, vals, resets = [], [], [], []
         for it in items:
             if not isinstance(it, dict):
                 raise DecodeError("wrong_shape", "each sample must be an object with seq and values")
@@ -283,9 +303,13 @@ class Decoder:
             seqs.append(_seq(it.get("seq")))
             times.append(_ts(it.get("ts"), rec.timestamp))
             vals.append(v)
-        return seqs, times, vals
+            reset = it.get("reset", False)
+            if type(reset) is not bool and reset is not None:
+                raise DecodeError("bad_reset", f"reset must be true or false, got {reset!r:.40}")
+            resets.append(bool(reset))
+        return seqs, times, vals, resets if any(resets) else None
 
-    def _parse_f32(self, rec: Record) -> tuple[list[int], list[int], Any]:
+    def _parse_f32(self, rec: Record) -> Parsed:
         value = rec.value or b""
         row = 4 * int(np.prod(self.sample_shape))
         if len(value) == 0 or len(value) % row:
@@ -297,9 +321,9 @@ class Decoder:
         first = _seq(_header_int(h, "seq"))
         _seq(first + n - 1)  # the last sample's seq must be in range too
         ts = _ts(h.get("ts"), rec.timestamp)
-        return list(range(first, first + n)), [ts] * n, value
+        return list(range(first, first + n)), [ts] * n, value, None
 
-    def _parse_image(self, rec: Record) -> tuple[list[int], list[int], Any]:
+    def _parse_image(self, rec: Record) -> Parsed:
         from PIL import Image, UnidentifiedImageError
 
         c, hgt, wid = self.sample_shape
@@ -328,7 +352,7 @@ class Decoder:
         except Exception as exc:  # Pillow's decoders raise more (SyntaxError, EOFError, ...) on bad bytes
             raise DecodeError("bad_image", _describe(exc)) from None
         a = a[None] if c == 1 else a.transpose(2, 0, 1)
-        return [seq], [ts], a[None]
+        return [seq], [ts], a[None], None
 
     def _stack(self, values: list[Any], counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """All accepted messages' values as one [N, *sample_shape] float32 array, and a
@@ -399,6 +423,27 @@ def _traceparent(headers: Any) -> bytes | None:
         if k == "traceparent" and isinstance(v, bytes) and _TRACEPARENT.fullmatch(v.lower()):
             return v.lower()
     return None
+
+
+_RESET_TRUE = frozenset({b"1", b"true"})
+_RESET_FALSE = frozenset({b"0", b"false"})
+
+
+def _has_reset_header(records: Sequence[Record]) -> bool:
+    return any(k == "reset" for r in records if r.headers for k, _ in r.headers)
+
+
+def _header_reset(rec: Record) -> bool:
+    """The ``reset`` header: a new segment starts at the message's first sample."""
+    raw = _headers(rec).get("reset") if rec.headers else None
+    if raw is None:
+        return False
+    flag = raw.strip().lower() if isinstance(raw, bytes) else raw
+    if flag in _RESET_TRUE:
+        return True
+    if flag in _RESET_FALSE:
+        return False
+    raise DecodeError("bad_reset", f"header 'reset' must be 1, true, 0 or false, got {raw!r:.40}")
 
 
 def _headers(rec: Record) -> dict[str, bytes]:

@@ -60,11 +60,20 @@ class Restored:
 class EntityStore:
     """Slots, windows, state slab, dirty marks and tombstones of up to ``capacity`` entities."""
 
-    def __init__(self, capacity: int, model: ModelShape, slab: StateSlab, max_seq_gap: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        model: ModelShape,
+        slab: StateSlab,
+        max_seq_gap: int,
+        max_seq_rewind: int | None = None,
+    ) -> None:
         self.model = model
         self.capacity = capacity
         self.slots = SlotTable(capacity)
-        self.windows = WindowStore(capacity, model.window, model.hop, model.sample_shape, max_seq_gap)
+        self.windows = WindowStore(
+            capacity, model.window, model.hop, model.sample_shape, max_seq_gap, max_seq_rewind
+        )
         self.slab = slab
         self.dirty = np.zeros(capacity, dtype=bool)  # touched since the last checkpoint
         self.tombstones: dict[str, int] = {}  # entity -> partition, evicted since the last checkpoint
@@ -106,9 +115,13 @@ class EntityStore:
         slots, new = self.slots.assign(batch.entities, batch.partition, now_s)
         if len(new):
             self.windows.reset(new)  # fresh: the first window starts from zero state
+        offset = batch.offset
+        if offset is not None and (batch.partition != self.slots.partition[slots]).any():
+            offset = None  # an entity read from another partition (re-partitioned input): by seq alone
         wb, st = self.windows.push(
-            slots, batch.seq, batch.event_ms, batch.values, batch.entities, batch.trace
+            slots, batch.seq, batch.event_ms, batch.values, batch.entities, batch.trace, batch.reset, offset
         )
+
         self.dirty[slots] = True
         return wb, st
 
@@ -183,6 +196,8 @@ class EntityStore:
             w.tail[slots],
             *self.slab.read(slots),
             specs=self.model.states,
+            anchor=w.anchor[slots],
+            offset=w.last_offset[slots],
         )
         ents = self.slots.entity
         parts = self.slots.partition[slots].tolist()
@@ -222,6 +237,8 @@ class EntityStore:
             w.last_seq[s] = st.last_seq
             w.last_event_ms[s] = st.event_ms
             w.fresh[s] = st.fresh
+            w.anchor[s] = st.anchor
+            w.last_offset[s] = st.offset
             self.slab.write(
                 np.asarray([s]),
                 *(np.expand_dims(a, spec.batch_axis) for a, spec in zip(st.states, m.states, strict=True)),

@@ -63,14 +63,16 @@ INVALID_REASONS = (
     "non_finite",
     "bad_timestamp",
     "bad_seq",
+    "bad_reset",
     "bad_image",
     "too_many_samples",
     "unknown_schema",
     "unsupported_schema",
     "internal_error",
 )
-DROP_REASONS = ("duplicate_or_older_seq",)
-RESET_REASONS = ("seq_gap", "state_not_restorable")
+DROP_REASONS = ("duplicate_seq", "older_seq", "replayed")  # stream_infer.windows.DROPS
+# stream_infer.windows.SEGMENTS, then the state a restore could not use
+RESET_REASONS = ("seq_gap", "seq_restart", "seq_outlier", "explicit_reset", "state_not_restorable")
 EVICT_REASONS = ("ttl", "lru")
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
 KAFKA_OPS = ("poll", "commit")
@@ -177,13 +179,15 @@ class Metrics:
         )
         self.dropped = Counter(
             f"{p}_dropped_samples",
-            "Samples dropped within an entity (duplicate or older seq).",
+            "Samples dropped by the sequence rules (a duplicate seq, or an older one within "
+            "entities.max_seq_rewind).",
             ["reason"],
             registry=r,
         )
         self.resets = Counter(
             f"{p}_entity_resets",
-            "Entities whose window and state were reset (seq gap, model version).",
+            "New segments: an entity's window and state started from zero (seq gap, restart, "
+            "outlier, explicit reset; state not restorable).",
             ["reason"],
             registry=r,
         )

@@ -22,6 +22,10 @@ class SampleBatch:
     partition: np.ndarray  # [N] int32 source partition
     # [N] W3C ``traceparent`` of each sample's message; None when no message of the batch had one
     trace: list[bytes | None] | None = None
+    # [N] bool: the producer says a new segment starts at this sample; None when none does
+    reset: np.ndarray | None = None
+    # [N] int64 input offset of each sample's message (None: not from Kafka, e.g. a replay file)
+    offset: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -35,6 +39,12 @@ class SampleBatch:
             np.concatenate([b.values for b in batches]),
             np.concatenate([b.partition for b in batches]),
             concat_trace([b.trace for b in batches], [len(b) for b in batches]),
+            None
+            if all(b.reset is None for b in batches)
+            else np.concatenate([np.zeros(len(b), bool) if b.reset is None else b.reset for b in batches]),
+            None
+            if any(b.offset is None for b in batches)
+            else np.concatenate([b.offset for b in batches if b.offset is not None]),
         )
 
     def part(self, lo: int, hi: int) -> SampleBatch:
@@ -48,6 +58,8 @@ class SampleBatch:
             self.values[lo:hi],
             self.partition[lo:hi],
             None if self.trace is None else self.trace[lo:hi],
+            None if self.reset is None else self.reset[lo:hi],
+            None if self.offset is None else self.offset[lo:hi],
         )
 
 

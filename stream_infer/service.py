@@ -38,6 +38,7 @@ from stream_infer.sink import Sink
 from stream_infer.source import read_changelog
 from stream_infer.state import make_state_slab
 from stream_infer.topics import dead_letter_limit_bytes, ensure_topics
+from stream_infer.windows import DROPS, SEGMENTS, PushStats
 from stream_infer.worker import InferenceWorker
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,9 @@ class Service:
         self.engine = engine
         ent = s.entities
         slab = make_state_slab(engine.spec.device, ent.max_entities, engine.spec.states)
-        self.store = EntityStore(ent.max_entities, self.model_shape, slab, ent.max_seq_gap)
+        self.store = EntityStore(
+            ent.max_entities, self.model_shape, slab, ent.max_seq_gap, ent.max_seq_rewind
+        )
         self.sink = Sink(
             producer,
             s.topics.output,
@@ -390,10 +393,8 @@ class Service:
             m.events.inc(
                 len(part)
             )  # counted once pushed: a poll retried record by record is not counted twice
-            if st.duplicates:
-                m.dropped.labels("duplicate_or_older_seq").inc(st.duplicates)
-            if st.resets:
-                m.resets.labels("seq_gap").inc(st.resets)
+            if st.duplicates or st.resets:
+                self._count_seq_rules(st)
             try:
                 self.worker.submit(wb)
             except Exception as exc:
@@ -407,6 +408,31 @@ class Service:
             self.worker.drain()
         except Exception as exc:
             raise PipelineError(f"the inference thread failed: {type(exc).__name__}: {exc}") from exc
+
+    def _count_seq_rules(self, st: PushStats) -> None:
+        """Count the sequence rules' drops and new segments per reason; log restarts and
+        outliers naming the entity (one line per reason and second; the rest are counted)."""
+        m = self.metrics
+        for reason, n in zip(DROPS, st.dropped, strict=True):
+            if n:
+                m.dropped.labels(reason).inc(n)
+        for reason, n in zip(SEGMENTS, st.segments, strict=True):
+            if n:
+                m.resets.labels(reason).inc(n)
+        now = time.monotonic()
+        for entity, reason, last, seq in st.events:
+            if now - self._bad_logged.get(reason, 0.0) > 1.0:
+                self._bad_logged[reason] = now
+                what = "restarted its seq" if reason == "seq_restart" else "sent an outlier seq before"
+                logger.warning(
+                    "entity %s %s (seq %d after %d): a new segment from zero state (similar ones "
+                    "this second are counted, not logged)",
+                    entity,
+                    what,
+                    seq,
+                    last,
+                    extra={"entity": entity, "reason": reason},
+                )
 
     def _dead_letter(self, invalid: list[InvalidMessage]) -> None:
         """Send to the dead-letter topic, count, and log once per reason and second. The sink

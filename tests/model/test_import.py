@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import struct
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -193,24 +194,38 @@ def test_the_slab_keeps_any_state_shapes_batch_first_and_gathers_in_the_graph_la
     assert not np.any(slab.gather(slots[:1])[1])
 
 
-def test_changelog_format_2_round_trips_any_state_and_format_1_is_still_read() -> None:
+def test_changelog_round_trips_any_state_and_formats_1_and_2_are_still_read() -> None:
     rng = np.random.default_rng(1)
     tail = rng.normal(size=(2, 20, 6)).astype(np.float32)
     states = [rng.normal(size=s.batched(2)).astype(np.float32) for s in SPECS]
     vals = changelog.encode_many("m@1", np.array([3, 4]), np.array([7, 8]), np.array([20, 21]),
                                  np.array([False, True]), tail, *states, specs=SPECS)  # fmt: skip
-    assert vals[0][4] == 2  # format version 2
+    assert vals[0][4] == changelog.FORMAT_VERSION == 3
     st = changelog.decode(vals[1], "m@1", 20, (6,), SPECS)
     for got, full, s in zip(st.states, states, SPECS, strict=True):
         np.testing.assert_array_equal(got, np.moveaxis(full, s.batch_axis, 0)[1])
     with pytest.raises(StateError, match="shapes"):
         changelog.decode(vals[1], "m@1", 20, (6,), SPECS[:2])
-    # The CNN-LSTM's (h, c) pair is still written and read as format 1.
-    h = rng.normal(size=(1, 2, 4)).astype(np.float32)
-    v1 = changelog.encode_many("m@1", np.array([3, 4]), np.array([7, 8]), np.array([20, 21]),
-                               np.array([False, True]), tail, h, -h)  # fmt: skip
-    assert v1[0][4] == 1
-    np.testing.assert_array_equal(changelog.decode(v1[0], "m@1", 20, (6,), (1, 4)).c, -h[:, 0])
+    # Format 2 (no anchor) is format 3 less its anchor field: still read.
+    v2 = bytearray(vals[1][:36])
+    v2[4] = 2
+    old = changelog.decode(bytes(v2) + vals[1][52:], "m@1", 20, (6,), SPECS)
+    assert old.anchor == changelog.NO_ANCHOR and old.count == 21
+    # Format 1, as written for the CNN-LSTM's (h, c) pair before: still read.
+    h = rng.normal(size=(1, 4)).astype(np.float32)
+    mid = b"m@1"
+    v1 = (
+        struct.pack("<4sBBHqqqI", b"SIST", 1, 0, len(mid), 3, 7, 20, 20)
+        + struct.pack("<BI", 1, 6)
+        + struct.pack("<HI", 1, 4)
+        + mid
+        + tail[0].astype("<f4").tobytes()
+        + h.astype("<f4").tobytes()
+        + (-h).astype("<f4").tobytes()
+    )
+    got1 = changelog.decode(v1, "m@1", 20, (6,), (1, 4))
+    np.testing.assert_array_equal(got1.c, -h)
+    assert got1.anchor == changelog.NO_ANCHOR and got1.last_seq == 3
 
 
 def test_export_module_refuses_a_module_that_does_not_export(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ import pytest
 from stream_infer.windows import WindowStore
 
 
-def _store(cap=8, w=4, k=2, f=2, gap=10):
-    return WindowStore(cap, w, k, (f,), gap)
+def _store(cap=8, w=4, k=2, f=2, gap=10, rewind=None):
+    return WindowStore(cap, w, k, (f,), gap, rewind)
 
 
 def _push(store, slots, seqs, vals=None):
@@ -47,10 +47,11 @@ def test_windows_match_offline_slicing_for_any_chunking(chunk):
 
 
 def test_duplicate_and_older_seq_are_dropped_and_counted():
-    store = _store(w=2, k=1)
+    store = _store(w=2, k=1, rewind=3)
     _push(store, [0, 0, 0], [0, 1, 2])
     wb, st = _push(store, [0, 0, 0, 0], [2, 1, 3, 3])
     assert st.duplicates == 3
+    assert st.dropped == (2, 1, 0)  # 2 and the second 3 are duplicates, 1 is older
     assert wb.seq.tolist() == [3]
 
 
