@@ -115,3 +115,48 @@ def test_an_image_of_huge_dimensions_is_rejected_before_its_pixels_are_decoded()
     res = Decoder("image", (1, 8, 8)).decode([r])
     assert [m.reason for m in res.invalid] == ["bad_image"]
     assert str(MAX_IMAGE_PIXELS) in res.invalid[0].detail
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (4, 4), 7).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "shape", "value", "headers"),
+    [
+        (
+            "json",
+            (3,),
+            j([{"seq": 5, "values": [1, 2, 3]}, {"seq": 6, "values": [1, 2, 3]}]),
+            [("reset", b"1")],
+        ),
+        ("f32", (3,), np.zeros((2, 3), "<f4").tobytes(), [("seq", b"5"), ("reset", b"true")]),
+        ("image", (1, 4, 4), _png(), [("seq", b"5"), ("reset", b"TRUE")]),
+    ],
+)
+def test_the_reset_header_starts_a_segment_at_the_first_sample_in_every_format(fmt, shape, value, headers):
+    d = Decoder(fmt, shape)
+    res = d.decode(
+        [rec(value, headers=headers, offset=9), rec(value, headers=[h for h in headers if h[0] != "reset"])]
+    )
+    assert not res.invalid
+    n = len(res.samples) // 2
+    assert res.samples.reset.tolist() == [True] + [False] * (2 * n - 1)
+    assert res.samples.offset.tolist() == [9] * n + [0] * n
+
+
+def test_a_json_sample_can_say_reset_and_a_bad_reset_is_dead_lettered():
+    d = Decoder("json", (3,))
+    res = d.decode(
+        [
+            rec(j([{"seq": 5, "values": [1, 2, 3]}, {"seq": 0, "reset": True, "values": [1, 2, 3]}])),
+            rec(j({"seq": 1, "reset": "yes", "values": [1, 2, 3]}), key=b"e2"),
+            rec(j({"seq": 1, "values": [1, 2, 3]}), key=b"e3", headers=[("reset", b"maybe")]),
+            rec(j({"seq": 1, "reset": False, "values": [1, 2, 3]}), key=b"e4"),
+        ]
+    )
+    assert res.samples.reset.tolist() == [False, True, False]
+    assert [m.reason for m in res.invalid] == ["bad_reset", "bad_reset"]
+    assert res.samples.entities == ["e1", "e1", "e4"]
