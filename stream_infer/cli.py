@@ -72,9 +72,14 @@ def train(
         0.2,
         min=0.0,
         max=0.9,
-        help="Training groups held out for validation: the best epoch is kept, early stopping (0: off).",
+        help="Training groups held out to report accuracy on unseen groups; the model itself is then "
+        "trained on all training groups for the whole schedule (0: off).",
     ),
-    patience: int = typer.Option(10, min=1, help="Epochs without a better validation loss before stopping."),
+    folds: int = typer.Option(
+        0,
+        min=0,
+        help="Group K-fold cross-validation on the training groups: mean and spread in the card (0: off).",
+    ),
     seeds: int = typer.Option(1, min=1, help="Train this many seeds; the card reports mean and spread."),
     epochs: int | None = typer.Option(
         None,
@@ -130,8 +135,13 @@ def train(
                 lr=lr,
                 progress=progress,
                 val_fraction=val_fraction,
-                patience=patience,
+                folds=folds,
                 sample_rate_hz=sample_rate,
+            )
+        elif folds:
+            raise typer.BadParameter(
+                "--folds applies to sensor classification (--data, basicmotions, ecg5000, japanesevowels)",
+                param_hint="--folds",
             )
         elif seeds > 1:
             raise typer.BadParameter(
@@ -203,7 +213,17 @@ def _summary(card: Any, out: Path) -> str:
         what = "test accuracy" if card.head_kind == "classification" else "test"
         line = f"{card.model_id} -> {out} ({what}: {acc}"
     if val := card.training.get("validation"):
-        line += f"; best epoch {val['best_epoch']} of {val['epochs_run']} by validation loss"
+        line += (
+            f"; validation on {val['n_val_groups']} unseen group(s), reported only (the model is trained "
+            f"on all groups): at_end={val['at_end']:.3f}, per_hop={val['per_hop']:.3f}, loss {val['loss']:.3f} "
+            f"(best {val['best_loss']:.3f} at epoch {val['best_epoch']} of {val['epochs']}, "
+            f"noise ±{val['loss_noise']:.3f} per epoch)"
+        )
+    if cv := card.training.get("folds"):
+        line += (
+            f"; {cv['k']}-fold by group: at_end {cv['at_end']['mean']:.3f} ± {cv['at_end']['std']:.3f}, "
+            f"per_hop {cv['per_hop']['mean']:.3f} ± {cv['per_hop']['std']:.3f}"
+        )
     if seeds := card.training.get("seeds"):
         ph, end = seeds["per_hop"], seeds["at_end"]
         line += (

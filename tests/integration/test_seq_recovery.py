@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from kafka import TopicPartition
 
 from stream_infer.backends import open_engine
 from stream_infer.metrics import RESET_REASONS
@@ -49,6 +50,7 @@ from tests.processes import (
     entity_streams,
     open_transaction_records,
     read_predictions,
+    reader_consumer,
     service_config,
 )
 from tests.reference import hop_by_hop_any, published
@@ -435,3 +437,81 @@ def test_a_far_future_outlier_costs_one_warmup_across_kill_9(
         commit_round,
         kill_round=OUTLIER_AFTER + 42,
     )
+
+
+@pytest.mark.parametrize("case", ["restart", "outlier"])
+def test_input_read_again_into_newer_state_is_dropped_by_offset_not_taken_for_a_restart(
+    kafka_bootstrap, new_topic, artifact, tmp_path: Path, procs, feeders, case
+):
+    """at-least-once, kill -9 after a checkpoint wrote the changelog and before its offsets were
+    committed (idle input and ``kafka.poll_timeout_ms`` 1000 hold that window open for about a
+    second): the successor restores state newer than the committed offsets, and the input it
+    reads again - dev's event among it - is older than that state. By seq alone it would read as a
+    restart (or, after dev's restart, as run 1 continuing run 2); it must be dropped as
+    ``replayed`` (by offset), so every hop is published exactly once with the replay's values and
+    the successor counts no new segment."""
+    seed = {"restart": 31, "outlier": 41}[case]
+    others = entity_streams(3, 3, seed=seed)
+    (x,) = entity_streams(1, 3, seed=seed + 1).values()
+    if case == "restart":
+        sc = restart_scenario(x, RUN)
+        commit_round, kill_round = RUN - 30, RUN + 40
+    else:
+        sc = outlier_scenario(x, OUTLIER_AFTER, FAR)
+        commit_round, kill_round = OUTLIER_AFTER - 24, OUTLIER_AFTER + 42
+    ref, times = expectation(artifact, others, sc)
+    topic = new_topic("seq-replay", partitions=1)
+    cfg = service_config(
+        kafka_bootstrap,
+        topic,
+        artifact,
+        "a",
+        delivery={"guarantee": "at-least-once", "commit_interval_ms": 2000},
+        entities={"max_seq_gap": MAX_SEQ_GAP},
+        kafka={"poll_timeout_ms": 1000},
+    )
+    group = cfg["kafka"]["group_id"]
+    changelog = TopicPartition(f"{group}.{topic}.state", 0)
+    extra = {r: [_dev_message(r, seq, v)] for r, (seq, v) in enumerate(sc.msgs)}
+    procs.append(first := ServiceProcess(cfg, tmp_path))
+    first.wait_ready(120)
+    feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, others, RATE, extra=extra))
+    feeder.start(commit_round)
+    feeder.wait_idle(60)
+    _wait(
+        lambda: committed_offsets(kafka_bootstrap, group, topic, 1)[0] >= feeder.sent,
+        30,
+        f"the commit of rounds < {commit_round}",
+    )
+    ends = reader_consumer(kafka_bootstrap)
+    try:
+        written = ends.end_offsets([changelog])[changelog]
+        feeder.release(kill_round)
+        feeder.wait_idle(60)
+        sent = feeder.sent
+        first.wait_metric("stream_infer_messages_total", sent, 30)
+        seen = {why: len(rs) for why, rs in sc.events.items()}
+        for why, n in seen.items():
+            first.wait_metric(f'{RESETS}{{reason="{why}"}}', n, 30)
+        # the next checkpoint's changelog records land; its offsets follow after the idle poll
+        _wait(lambda: ends.end_offsets([changelog])[changelog] > written, 30, "the changelog")
+        first_resets = _resets(first)
+        first.kill()
+    finally:
+        ends.close()
+    time.sleep(1)
+    committed = committed_offsets(kafka_bootstrap, group, topic, 1)[0]
+    assert committed < sent, f"the kill missed the window: offsets committed up to {committed} of {sent}"
+    procs.append(second := ServiceProcess(cfg, tmp_path))
+    second.wait_ready(120)
+    feeder.join(120)
+    preds = _read(kafka_bootstrap, f"{topic}.out", set(ref), sc, timeout_s=90)
+    check_delivery(preds, ref, "exactly-once")  # nothing read again was published again
+    late = [(p["entity"], p["seq"]) for p in preds if p["event_time_ms"] != times[p["entity"], p["seq"]]]
+    assert not late, f"predictions with the wrong event time: {late[:5]}"
+    assert first_resets == {r: float(seen.get(r, 0)) for r in RESET_REASONS}, first_resets
+    assert second.metric("stream_infer_state_restored_entities_total") == 1 + len(others)
+    assert second.metric(f'{DROPPED}{{reason="replayed"}}') == sent - committed
+    assert second.metric(DROPPED) == sent - committed
+    assert _resets(second) == dict.fromkeys(RESET_REASONS, 0.0), _resets(second)
+    assert second.terminate(30) == 0, second.log()
