@@ -335,9 +335,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     p.add_argument("--out", type=Path, default=OUT_DIR)
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--artifact", type=Path, default=None, help="a model artifact (default: the BasicMotions demo model), "
+        "e.g. one trained with `stream-infer train --ensemble 3`",
+    )  # fmt: skip
     a = p.parse_args(argv)
     report = run(
-        a.quick, a.repeats, tuple(a.batches) if a.batches else None, a.threads, a.out, not a.no_plots
+        a.quick,
+        a.repeats,
+        tuple(a.batches) if a.batches else None,
+        a.threads,
+        a.out,
+        not a.no_plots,
+        a.artifact,
     )
     print(report.summary())
     print(f"wrote {report.write(a.out)}")

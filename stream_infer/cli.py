@@ -75,6 +75,9 @@ def train(
         help="Training groups held out to report accuracy on unseen groups; the model itself is then "
         "trained on all training groups for the whole schedule (0: off).",
     ),
+    ensemble: int = typer.Option(
+        1, min=1, help="Train N seeds and serve them as ONE model averaging their probabilities (1: off)."
+    ),
     folds: int = typer.Option(
         0,
         min=0,
@@ -136,12 +139,14 @@ def train(
                 progress=progress,
                 val_fraction=val_fraction,
                 folds=folds,
+                ensemble=ensemble,
                 sample_rate_hz=sample_rate,
             )
-        elif folds:
+        elif folds or ensemble > 1:
             raise typer.BadParameter(
-                "--folds applies to sensor classification (--data, basicmotions, ecg5000, japanesevowels)",
-                param_hint="--folds",
+                "--folds and --ensemble apply to sensor classification (--data, basicmotions, ecg5000, "
+                "japanesevowels)",
+                param_hint="--folds" if folds else "--ensemble",
             )
         elif seeds > 1:
             raise typer.BadParameter(
@@ -219,6 +224,9 @@ def _summary(card: Any, out: Path) -> str:
             f"(best {val['best_loss']:.3f} at epoch {val['best_epoch']} of {val['epochs']}, "
             f"noise ±{val['loss_noise']:.3f} per epoch)"
         )
+    if ens := card.training.get("ensemble"):
+        each = ", ".join(f"{m['at_end']:.3f}" for m in ens["members"])
+        line += f"; ensemble of {ens['n']} (members at_end: {each})"
     if cv := card.training.get("folds"):
         line += (
             f"; {cv['k']}-fold by group: at_end {cv['at_end']['mean']:.3f} ± {cv['at_end']['std']:.3f}, "

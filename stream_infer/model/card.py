@@ -52,6 +52,8 @@ class ModelCard:
     # The head (stream_infer/heads.py): {"kind": "classification"} when empty; "regression" may
     # name "targets" (channels) and "horizon" (steps) for evaluate; "anomaly" needs "threshold".
     head: dict[str, Any] = field(default_factory=dict)
+    # N > 1: N CNN-LSTMs of lstm_layers / N layers each, served as one graph (model/net.py)
+    ensemble: int = 1
 
     @property
     def head_kind(self) -> str:

@@ -154,10 +154,70 @@ class FrameCNNLSTM(CNNLSTM):
         return self.encoder(z).mean(dim=(2, 3))
 
 
+class EnsembleCNNLSTM(CNNLSTM):
+    """N CNN-LSTMs served as one: the members' states stacked on the layer axis
+    (``[N * L, B, Hd]``, so the graph keeps one (h, c) pair and the service, the changelog and
+    every backend see a plain CNN-LSTM of N * L layers), and a head that averages the members'
+    class probabilities. ``y`` is the log of that average: its softmax, which the classification
+    head publishes, is the average itself."""
+
+    def __init__(self, members: Sequence[CNNLSTM]) -> None:
+        nn.Module.__init__(self)
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.input_ndim = first.input_ndim
+        self.hidden_size = first.hidden_size
+        self.member_layers = first.num_layers
+        self.num_layers = first.num_layers * len(members)
+        self.register_buffer("norm_mean", first.norm_mean.clone())
+        self.register_buffer("norm_std", first.norm_std.clone())
+
+    def _combine(self, outs: list[tuple[Tensor, Tensor, Tensor]], dim: int) -> tuple[Tensor, Tensor, Tensor]:
+        probs = torch.stack([torch.softmax(y, dim=dim) for y, _, _ in outs]).mean(dim=0)
+        y = torch.log(probs.clamp_min(1e-30))
+        return y, torch.cat([h for _, h, _ in outs]), torch.cat([c for _, _, c in outs])
+
+    def forward(self, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = self.member_layers
+        outs = [m(x, h0[i * n : (i + 1) * n], c0[i * n : (i + 1) * n]) for i, m in enumerate(self.members)]
+        return self._combine(outs, dim=1)
+
+    def forward_sequence(
+        self, xs: Tensor, h0: Tensor | None = None, c0: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if h0 is None or c0 is None:
+            h0, c0 = self.zero_state(xs.shape[0])
+        n = self.member_layers
+        members: list[CNNLSTM] = list(self.members)  # type: ignore[arg-type]
+        outs = [
+            m.forward_sequence(xs, h0[i * n : (i + 1) * n], c0[i * n : (i + 1) * n])
+            for i, m in enumerate(members)
+        ]
+        return self._combine(outs, dim=2)
+
+
 def build_model(card: ModelCard) -> CNNLSTM:
     """An untrained module shaped by ``card`` (load ``weights.pt`` into it to serve)."""
     mean = card.norm_mean or None
     std = card.norm_std or None
+    if card.ensemble > 1:
+        if card.kind != "sensor" or card.lstm_layers % card.ensemble:
+            raise ValueError(f"an ensemble of {card.ensemble} needs a sensor model of N * L layers")
+        layers = card.lstm_layers // card.ensemble
+        return EnsembleCNNLSTM(
+            [
+                SensorCNNLSTM(
+                    card.sample_shape[0],
+                    len(card.labels),
+                    card.hidden_size,
+                    layers,
+                    card.conv_channels,
+                    mean,
+                    std,
+                )
+                for _ in range(card.ensemble)
+            ]
+        )
     if card.kind == "sensor":
         return SensorCNNLSTM(
             card.sample_shape[0],
@@ -179,4 +239,4 @@ def build_model(card: ModelCard) -> CNNLSTM:
     )
 
 
-__all__ = ["CNNLSTM", "FrameCNNLSTM", "SensorCNNLSTM", "build_model"]
+__all__ = ["CNNLSTM", "EnsembleCNNLSTM", "FrameCNNLSTM", "SensorCNNLSTM", "build_model"]

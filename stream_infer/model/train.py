@@ -28,7 +28,7 @@ from tqdm import tqdm
 from stream_infer.errors import DataError
 from stream_infer.model.card import WEIGHTS_FILE, ModelCard
 from stream_infer.model.datasets import Frames, Recordings, hold_out, hop_windows
-from stream_infer.model.net import CNNLSTM, FrameCNNLSTM, SensorCNNLSTM
+from stream_infer.model.net import CNNLSTM, EnsembleCNNLSTM, FrameCNNLSTM, SensorCNNLSTM
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def train_sensor(
     export: bool = True,
     val_fraction: float = 0.0,
     folds: int = 0,
+    ensemble: int = 1,
     sample_rate_hz: float | None = None,
 ) -> ModelCard:
     """Train a :class:`SensorCNNLSTM` on the ``train`` split, evaluate on ``test``, write the
@@ -78,7 +79,14 @@ def train_sensor(
     seed: the very model a run without validation gives. Picking an epoch on a few held-out
     groups (early stopping) cut the one-cycle schedule at its peak and kept a noisy epoch, and
     lost 0.32 accuracy on unseen people (docs/model.md). The test split is never looked at
-    before the end."""
+    before the end.
+
+    ``ensemble`` N > 1 trains N members (seeds ``seed`` .. ``seed + N - 1``) on all training
+    groups and writes ONE graph that averages their class probabilities and carries every
+    member's state (``EnsembleCNNLSTM``); the card reports each member beside the ensemble.
+    Validation and folds then describe one member (the first seed's configuration)."""
+    if ensemble < 1:
+        raise DataError(f"--ensemble must be at least 1, got {ensemble}")
     if window < 1 or not 1 <= hop <= window:
         raise DataError(f"need window >= 1 and 1 <= hop <= window, got window={window} hop={hop}")
     train, test = recordings.subset("train"), recordings.subset("test")
@@ -116,8 +124,29 @@ def train_sensor(
     if folds >= 2:
         cross = _cross_validate(train, folds, name, progress, label_idx, fit_kw)
     fit = _fit_sensor(train, desc=f"train {name}", progress=progress, **fit_kw)  # type: ignore[arg-type]
+    model: CNNLSTM = fit.model
+    train_s = fit.train_s
+    members: dict[str, Any] = {}
+    if ensemble > 1:
+        fits = [fit] + [
+            _fit_sensor(
+                train, desc=f"train {name} member {i + 1}/{ensemble}", progress=progress,
+                **{**fit_kw, "seed": seed + i},  # type: ignore[arg-type]
+            )
+            for i in range(1, ensemble)
+        ]  # fmt: skip
+        model = EnsembleCNNLSTM([f.model for f in fits]).eval()
+        train_s = sum(f.train_s for f in fits)
+        with _training_context(seed):
+            each = [_evaluate_sensor(f.model, test, window, hop, label_idx) for f in fits]
+        members = {
+            "n": ensemble,
+            "seeds": list(range(seed, seed + ensemble)),
+            "head": "mean of the members' class probabilities",
+            "members": [{"seed": seed + i, "per_hop": e["per_hop"], "at_end": e["at_end"]} for i, e in enumerate(each)],
+        }  # fmt: skip
     with _training_context(seed):
-        accuracy = _evaluate_sensor(fit.model, test, window, hop, label_idx)
+        accuracy = _evaluate_sensor(model, test, window, hop, label_idx)
     accuracy["split"] = "test"
     card = ModelCard(
         name=name,
@@ -127,8 +156,9 @@ def train_sensor(
         hop=hop,
         sample_shape=[recordings.n_channels],
         labels=list(classes),
-        lstm_layers=layers,
+        lstm_layers=layers * ensemble,
         hidden_size=hidden,
+        ensemble=ensemble,
         norm_mean=fit.mean.tolist(),
         norm_std=fit.std.tolist(),
         conv_channels=conv_channels,
@@ -144,14 +174,15 @@ def train_sensor(
             "lr": lr,
             "batch_size": batch_size,
             "bptt_hops": bptt,
-            "train_s": round(fit.train_s, 2),
+            "train_s": round(train_s, 2),
             **({"validation": validation} if validation else {}),
+            **({"ensemble": members} if members else {}),
             **({"folds": cross} if cross else {}),
             **({"notes": list(recordings.notes)} if recordings.notes else {}),
         },
         sample_rate_hz=sample_rate_hz,
     )
-    return _write_artifact(fit.model, card, Path(out_dir), export)
+    return _write_artifact(model, card, Path(out_dir), export)
 
 
 def _curve(val_loss: list[float]) -> dict[str, Any]:

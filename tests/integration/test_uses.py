@@ -43,6 +43,17 @@ def _ecg(out: Path) -> tuple[ModelCard, Recordings]:
     return card, recs.subset("test").select(list(range(24)))
 
 
+def _ecg_ensemble(out: Path) -> tuple[ModelCard, Recordings]:
+    """Three members served as one graph (their states stacked, their probabilities averaged)."""
+    from stream_infer.model.datasets import ecg5000
+    from stream_infer.model.train import train_sensor
+
+    recs = ecg5000()
+    card = train_sensor(recs, out, window=20, hop=10, epochs=1, hidden=16, progress=False, ensemble=3)
+    assert card.ensemble == 3 and card.lstm_layers == 3
+    return card, recs.subset("test").select(list(range(24)))
+
+
 def _fingerspelling(out: Path) -> tuple[ModelCard, Recordings]:
     from stream_infer.model.datasets import fingerspelling
     from stream_infer.model.train import train_frame_sequences
@@ -57,6 +68,7 @@ USES: dict[str, Callable[[Path], tuple[ModelCard, Recordings]]] = {
     "climate-co2": _co2,
     "medical-abp": _abp,
     "medical-ecg5000": _ecg,
+    "medical-ecg5000-ensemble": _ecg_ensemble,
 }
 
 

@@ -133,3 +133,27 @@ def test_cli_derives_window_and_hop_from_the_sample_rate_and_ends_in_a_summary(t
     )
     card = json.loads((tmp_path / "out" / "model.json").read_text())
     assert (card["window"], card["hop"], card["sample_rate_hz"]) == (10, 5, 5.0)
+
+
+def test_an_ensemble_is_one_graph_averaging_its_members_with_every_members_state(tmp_path: Path) -> None:
+    from stream_infer.model.export import load_model
+    from stream_infer.model.train import predict_recording
+
+    write_user_dataset(tmp_path / "data", per_class=3)
+    recs = load_recordings(tmp_path / "data")
+    card = train_sensor(recs, tmp_path / "ens", **{**SMALL, "export": True}, ensemble=2)  # type: ignore[arg-type]
+    ens = card.training["ensemble"]
+    assert card.ensemble == 2 and card.lstm_layers == 2 and ens["seeds"] == [0, 1]
+    assert len(ens["members"]) == 2 and (tmp_path / "ens" / "model.onnx").exists()
+    member = train_sensor(recs, tmp_path / "m1", **{**SMALL, "seed": 1})  # type: ignore[arg-type]
+    assert ens["members"][1]["per_hop"] == member.accuracy["per_hop"]
+    # The served graph's probabilities are the mean of the members' (first member = seed 0).
+    _, model = load_model(tmp_path / "ens")
+    _, m1 = load_model(tmp_path / "m1")
+    values = recs.subset("test").values[0]
+    got = torch.softmax(torch.from_numpy(predict_recording(model, values, 20, 10)), 1)
+    seed0 = train_sensor(recs, tmp_path / "m0", **SMALL)  # type: ignore[arg-type]
+    _, m0 = load_model(tmp_path / "m0")
+    want = sum(torch.softmax(torch.from_numpy(predict_recording(m, values, 20, 10)), 1) for m in (m0, m1)) / 2
+    assert seed0.accuracy["per_hop"] == ens["members"][0]["per_hop"]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
