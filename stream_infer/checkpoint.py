@@ -181,8 +181,8 @@ class Checkpointer:
         ``in_callback``: a rebalance callback, which runs on kafka-python's IO thread where a
         blocking commit is not allowed; at-least-once offsets are committed asynchronously. That
         is safe because the offsets go last: if such a commit is lost, the input replays into the
-        newer changelog state and the replayed samples are dropped by seq; the partition is
-        committed again at the next checkpoint."""
+        newer changelog state and the replayed samples are dropped by input offset
+        (``replayed``); the partition is committed again at the next checkpoint."""
         if self.closed or self.rewind_pending:
             return
         background = not wait_commit and not in_callback
@@ -346,7 +346,7 @@ class Checkpointer:
         # outage, only the answer was lost). The new producer's init_transactions has waited
         # for that transaction to complete, so offsets read now are final; they are read before
         # the changelog, so the restored state is never older than the offsets it resumes from
-        # (a newer state only drops the replayed samples by seq).
+        # (a newer state only drops the replayed samples, by input offset).
         self._committed.clear()
         for tp in assigned:
             offset = self._fetch_committed(tp)
