@@ -31,17 +31,17 @@ from benchmarks.common import (
 )
 
 if TYPE_CHECKING:
-    from stream_infer.entities import EntityStore
     from stream_infer.model.card import ModelCard
+    from stream_infer.state.store import EntityStore
 
 CLIENTS = ("kafka-python", "confluent-kafka")
 
 
 def _store(n: int, card: ModelCard) -> EntityStore:
     """``n`` entities, each with one full window pushed (so each is touched and has state)."""
-    from stream_infer.entities import EntityStore, ModelShape
     from stream_infer.records import SampleBatch
-    from stream_infer.state import make_state_slab
+    from stream_infer.state.slab import make_state_slab
+    from stream_infer.state.store import EntityStore, ModelShape
 
     c = card
     shape = ModelShape(
@@ -67,7 +67,7 @@ def run(quick: bool = False, repeats: int | None = None, out_dir: Path = OUT_DIR
     from stream_infer.kafka import make_producer
     from stream_infer.model.card import load_card
     from stream_infer.model.zoo import ensure_model
-    from stream_infer.sink import Sink
+    from stream_infer.pipeline.sink import Sink
 
     servers = ensure_broker()
     card = load_card(ensure_model("sensor", ARTIFACTS))

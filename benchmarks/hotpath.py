@@ -41,8 +41,8 @@ def variant(level: int) -> Iterator[None]:
     from kafka.record import default_records
     from kafka.record._crc32c import crc as crc32c_py
 
-    from stream_infer.decode import Decoder
     from stream_infer.kafka.kafka_python import KafkaPythonProducer as Producer
+    from stream_infer.pipeline.decode import Decoder
 
     saved = (default_records.calc_crc32c, Decoder.decode, Producer.key_partitions)
     try:

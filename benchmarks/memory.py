@@ -44,10 +44,10 @@ def rss_mb() -> float:
 
 
 def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
-    from stream_infer.decode import Decoder, Record
-    from stream_infer.entities import EntityStore, ModelShape
     from stream_infer.kafka.types import ConsumedRecord as Rec
-    from stream_infer.state import NumpyStateSlab
+    from stream_infer.pipeline.decode import Decoder, Record
+    from stream_infer.state.slab import NumpyStateSlab
+    from stream_infer.state.store import EntityStore, ModelShape
 
     Decoder("f32", (F,)).decode([])  # load what decoding imports lazily before the baseline
 

@@ -428,7 +428,7 @@ def serve(
         svc = Service(settings)
         if check:
             from stream_infer.backends import open_engine
-            from stream_infer.topics import access_rule, dead_letter_rule
+            from stream_infer.kafka.topics import access_rule, dead_letter_rule
 
             m = settings.model
             engine = open_engine(
@@ -468,9 +468,9 @@ def acls(
     ),
 ) -> None:
     """Print the Kafka ACLs the service needs under a configuration (least privilege), or apply them."""
-    from stream_infer import access
     from stream_infer.config import load_settings
     from stream_infer.errors import StreamInferError
+    from stream_infer.kafka import access
 
     try:
         settings = load_settings(config)
@@ -483,8 +483,8 @@ def acls(
         needed = access.required_acls(settings)
         typer.echo(access.render(needed, who, fmt, settings.kafka.bootstrap_servers))
         if apply_with is not None:
+            from stream_infer.kafka.topics import admin_client
             from stream_infer.logs import configure_logging
-            from stream_infer.topics import admin_client
 
             admin_settings = load_settings(apply_with)
             configure_logging(admin_settings.log_level, admin_settings.logging.format)

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from stream_infer.errors import ConfigError
 
 if TYPE_CHECKING:
-    from stream_infer.registry import SchemaRegistry
+    from stream_infer.formats.schema_registry import SchemaRegistry
 
 
 class _Section(BaseModel):
@@ -163,7 +163,7 @@ class KafkaSettings(_Section):
             "security_protocol": self.security_protocol,
         }
         if self.sasl_mechanism == "OAUTHBEARER" and self.security_protocol.startswith("SASL"):
-            from stream_infer.oauth import shared_provider
+            from stream_infer.kafka.oauth import shared_provider
 
             assert self.sasl_oauth_token_endpoint_url and self.sasl_oauth_client_id
             kw.update(
@@ -260,7 +260,7 @@ class InputSettings(_Section):
         """The registry client of format ``registry`` (None for the other formats)."""
         if self.format != "registry" or not self.schema_registry_url:
             return None
-        from stream_infer.registry import SchemaRegistry
+        from stream_infer.formats.schema_registry import SchemaRegistry
 
         password = None
         if self.schema_registry_password is not None:

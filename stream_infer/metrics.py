@@ -70,8 +70,8 @@ INVALID_REASONS = (
     "unsupported_schema",
     "internal_error",
 )
-DROP_REASONS = ("duplicate_seq", "older_seq", "replayed")  # stream_infer.windows.DROPS
-# stream_infer.windows.SEGMENTS, then the state a restore could not use
+DROP_REASONS = ("duplicate_seq", "older_seq", "replayed")  # stream_infer.state.windows.DROPS
+# stream_infer.state.windows.SEGMENTS, then the state a restore could not use
 RESET_REASONS = ("seq_gap", "seq_restart", "seq_outlier", "explicit_reset", "state_not_restorable")
 EVICT_REASONS = ("ttl", "lru")
 REBALANCE_KINDS = ("assigned", "revoked", "lost")

@@ -20,26 +20,26 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from stream_infer.access import authorization_cause, denied
 from stream_infer.backends import Engine, open_engine
-from stream_infer.batcher import Batcher
-from stream_infer.checkpoint import Checkpointer
 from stream_infer.config import Settings
-from stream_infer.decode import Decoder, DecodeResult, Record, internal_error
-from stream_infer.entities import EntityStore, ModelShape
 from stream_infer.errors import ConfigError, PipelineError, SinkError
-from stream_infer.heads import make_head
 from stream_infer.health import Health, serve_http
 from stream_infer.kafka import Consumer, make_consumer, make_producer
+from stream_infer.kafka.access import authorization_cause, denied
+from stream_infer.kafka.compacted import read_changelog
+from stream_infer.kafka.topics import dead_letter_limit_bytes, ensure_topics
 from stream_infer.metrics import Metrics
 from stream_infer.model.card import ModelCard, load_card
+from stream_infer.model.heads import make_head
+from stream_infer.pipeline.batcher import Batcher
+from stream_infer.pipeline.checkpoint import Checkpointer
+from stream_infer.pipeline.decode import Decoder, DecodeResult, Record, internal_error
+from stream_infer.pipeline.sink import Sink
+from stream_infer.pipeline.worker import InferenceWorker
 from stream_infer.records import InvalidMessage, SampleBatch
-from stream_infer.sink import Sink
-from stream_infer.source import read_changelog
-from stream_infer.state import make_state_slab
-from stream_infer.topics import dead_letter_limit_bytes, ensure_topics
-from stream_infer.windows import DROPS, SEGMENTS, PushStats
-from stream_infer.worker import InferenceWorker
+from stream_infer.state.slab import make_state_slab
+from stream_infer.state.store import EntityStore, ModelShape
+from stream_infer.state.windows import DROPS, SEGMENTS, PushStats
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from stream_infer.backends.base import Engine
-from stream_infer.heads import softmax
 from stream_infer.model.card import ModelCard
 from stream_infer.model.datasets import hop_windows
+from stream_infer.model.heads import softmax
 
 
 def hop_by_hop(engine: Engine, card: ModelCard, values: np.ndarray) -> np.ndarray:
@@ -38,7 +38,7 @@ def hop_by_hop_any(engine: Engine, card: ModelCard, values: np.ndarray) -> np.nd
 
 def published(y: np.ndarray) -> np.ndarray:
     """The ``scores`` a classification head publishes for raw outputs ``y`` ([K] or [n, K]):
-    probabilities (stream_infer/heads.py)."""
+    probabilities (stream_infer/model/heads.py)."""
     y = np.asarray(y, dtype=np.float32)
     return softmax(y.reshape(-1, y.shape[-1])).reshape(y.shape)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from stream_infer.contract import StateSpec, lstm_states
+from stream_infer.model.contract import StateSpec, lstm_states
 
 # numpy.ndarray on CPU backends; torch.Tensor on CUDA backends (state stays on the device).
 Array = Any

@@ -90,7 +90,7 @@ def base_config(k: KafkaSettings, role: str) -> dict[str, Any]:
     if k.security_protocol.startswith("SASL"):
         conf["sasl.mechanism"] = k.sasl_mechanism
         if k.sasl_mechanism == "OAUTHBEARER":
-            from stream_infer.oauth import shared_provider
+            from stream_infer.kafka.oauth import shared_provider
 
             assert k.sasl_oauth_token_endpoint_url and k.sasl_oauth_client_id
             provider = shared_provider(

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from stream_infer.contract import StateSpec, lstm_states
 from stream_infer.errors import ModelError
-from stream_infer.heads import make_head
+from stream_infer.model.contract import StateSpec, lstm_states
+from stream_infer.model.heads import make_head
 
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
@@ -49,7 +49,7 @@ class ModelCard:
     input_name: str = "x"
     output_name: str = "y"
     state: list[dict[str, Any]] = field(default_factory=list)
-    # The head (stream_infer/heads.py): {"kind": "classification"} when empty; "regression" may
+    # The head (stream_infer/model/heads.py): {"kind": "classification"} when empty; "regression" may
     # name "targets" (channels) and "horizon" (steps) for evaluate; "anomaly" needs "threshold".
     head: dict[str, Any] = field(default_factory=dict)
     # N > 1: N CNN-LSTMs of lstm_layers / N layers each, served as one graph (model/net.py)

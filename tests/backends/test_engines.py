@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from stream_infer.backends import Engine, load_engine
-from stream_infer.backends.cuda_state import CudaStateSlab
 from stream_infer.backends.parity import compare, random_inputs
 from stream_infer.backends.trt_build import convert_float16
 from stream_infer.errors import EngineError
 from stream_infer.model.card import load_card
 from stream_infer.model.datasets import basic_motions, hop_windows
 from stream_infer.model.export import load_model
-from stream_infer.state import NumpyStateSlab
+from stream_infer.state.cuda_slab import CudaStateSlab
+from stream_infer.state.slab import NumpyStateSlab
 
 
 @pytest.fixture(scope="module")

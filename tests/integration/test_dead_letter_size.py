@@ -19,14 +19,14 @@ from stream_infer.config import Settings, load_settings
 from stream_infer.errors import ConfigError, SinkError
 from stream_infer.kafka import make_producer, max_request_bytes
 from stream_infer.kafka.kafka_python import KafkaPythonProducer
-from stream_infer.records import InvalidMessage
-from stream_infer.sink import DEAD_LETTER_HEADROOM_BYTES, Sink
-from stream_infer.topics import (
+from stream_infer.kafka.topics import (
     dead_letter_limit_bytes,
     dead_letter_rule,
     ensure_topics,
     max_dead_letter_value_bytes,
 )
+from stream_infer.pipeline.sink import DEAD_LETTER_HEADROOM_BYTES, Sink
+from stream_infer.records import InvalidMessage
 from tests.streaming import client_choice
 
 BIG = 300 * 1024  # a 300 KiB bad message
@@ -122,10 +122,10 @@ def test_a_small_existing_dead_letter_topic_gets_truncated_values_not_a_failed_f
 ) -> None:
     dlq = new_topic("dl-small", 1, **{"max.message.bytes": "65536"})
     s = settings(kafka_bootstrap, new_topic("dl-in"), dead_letter=dlq)
-    with caplog.at_level(logging.WARNING, logger="stream_infer.topics"):
+    with caplog.at_level(logging.WARNING, logger="stream_infer.kafka.topics"):
         limit = dead_letter_limit_bytes(s)
         assert dead_letter_limit_bytes(s) == limit  # asked twice, warned once
-    warnings = [r.getMessage() for r in caplog.records if r.name == "stream_infer.topics"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "stream_infer.kafka.topics"]
     assert len(warnings) == 1 and dlq in warnings[0] and "65536" in warnings[0] and "truncated" in warnings[0]
     assert 0 < limit <= 65536 - 1024
     assert f"max.message.bytes 65536; values over {limit} bytes are truncated" in dead_letter_rule(s)
@@ -243,12 +243,12 @@ def test_a_missing_input_topic_is_created_with_the_configured_partitions_and_sai
     kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     s = settings(kafka_bootstrap, f"in-fresh-{uuid.uuid4().hex[:8]}", input_partitions=3)
-    with caplog.at_level(logging.WARNING, logger="stream_infer.topics"):
+    with caplog.at_level(logging.WARNING, logger="stream_infer.kafka.topics"):
         assert ensure_topics(s) == 3
     said = [r.getMessage() for r in caplog.records if "did not exist" in r.getMessage()]
     assert len(said) == 1 and s.topics.input in said[0] and "3 partitions" in said[0], said
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="stream_infer.topics"):
+    with caplog.at_level(logging.WARNING, logger="stream_infer.kafka.topics"):
         assert ensure_topics(s) == 3  # it exists now: nothing created, nothing said
     assert not [r for r in caplog.records if "did not exist" in r.getMessage()]
     off = s.model_copy(

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stream_infer.access import Acl, kafka_python_acls, required_acls
 from stream_infer.config import load_settings
+from stream_infer.kafka.access import Acl, kafka_python_acls, required_acls
 from tests.conftest import KAFKA_SH
 from tests.processes import (
     SECURED,
@@ -352,7 +352,7 @@ import sys, yaml
 from stream_infer.config import load_settings
 from stream_infer.errors import ConfigError
 from stream_infer.logs import configure_logging
-from stream_infer.topics import admin_client
+from stream_infer.kafka.topics import admin_client
 
 settings = load_settings(None, **yaml.safe_load(open(sys.argv[1])))
 for _ in range(int(sys.argv[2])):

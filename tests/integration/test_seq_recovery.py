@@ -39,7 +39,7 @@ from kafka import TopicPartition
 from stream_infer.backends import open_engine
 from stream_infer.metrics import RESET_REASONS
 from stream_infer.model.card import load_card
-from stream_infer.windows import SEGMENTS, WindowStore
+from stream_infer.state.windows import SEGMENTS, WindowStore
 from tests.processes import (
     TS0,
     Message,

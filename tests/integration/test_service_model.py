@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from stream_infer.backends import load_engine
-from stream_infer.decode import Decoder
 from stream_infer.model.card import load_card
 from stream_infer.model.datasets import basic_motions, video_clips, video_frames
+from stream_infer.pipeline.decode import Decoder
 from stream_infer.replay import Replayer, encode_jpeg, frame_streams, sensor_streams
 from tests.reference import hop_by_hop, published
 from tests.streaming import RunningService, predictions, read_topic, settings_for

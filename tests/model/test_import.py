@@ -17,14 +17,15 @@ import torch
 from torch import nn
 
 from examples import convlstm_frames, gru_sensor, lstm2_sensor
-from stream_infer import changelog, evaluate
+from stream_infer import evaluate
 from stream_infer.backends import open_engine
-from stream_infer.contract import StateSpec
 from stream_infer.errors import ModelError, StateError
 from stream_infer.model.card import load_card
+from stream_infer.model.contract import StateSpec
 from stream_infer.model.datasets import Recordings, basic_motions
 from stream_infer.model.importer import export_module, import_onnx
-from stream_infer.state import NumpyStateSlab
+from stream_infer.state import codec as changelog
+from stream_infer.state.slab import NumpyStateSlab
 from tests.reference import hop_by_hop_any, output_of, published
 
 

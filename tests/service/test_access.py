@@ -8,9 +8,9 @@ import json
 import pytest
 from kafka import errors
 
-from stream_infer.access import denied, explain_authorization, explain_refusal, render, required_acls
 from stream_infer.config import Settings, load_settings
 from stream_infer.errors import SinkError
+from stream_infer.kafka.access import denied, explain_authorization, explain_refusal, render, required_acls
 
 
 def _settings(**over: object) -> Settings:

@@ -2,7 +2,7 @@ import time
 
 import numpy as np
 
-from stream_infer.batcher import Batcher
+from stream_infer.pipeline.batcher import Batcher
 from stream_infer.records import WindowBatch
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from stream_infer import changelog
 from stream_infer.errors import StateError
+from stream_infer.state import codec as changelog
 
 
 def test_state_records_round_trip_and_reject_other_models():
@@ -36,7 +36,7 @@ def test_state_records_round_trip_and_reject_other_models():
 @pytest.mark.parametrize("layout", ["lstm", "gru+convlstm"])
 @pytest.mark.parametrize("n", [1, 5])
 def test_records_built_at_once_equal_the_ones_built_one_by_one(layout, n):
-    from stream_infer.contract import StateSpec, lstm_states
+    from stream_infer.model.contract import StateSpec, lstm_states
 
     rng = np.random.default_rng(n)
     if layout == "lstm":

@@ -12,10 +12,10 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
-from stream_infer.checkpoint import Checkpointer
 from stream_infer.config import load_settings
 from stream_infer.metrics import Metrics
-from stream_infer.sink import Sink
+from stream_infer.pipeline.checkpoint import Checkpointer
+from stream_infer.pipeline.sink import Sink
 
 TP = TopicPartition("in", 0)
 

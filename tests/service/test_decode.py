@@ -6,7 +6,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from stream_infer.decode import Decoder
+from stream_infer.pipeline.decode import Decoder
 
 
 def rec(value, key=b"e1", headers=(), offset=0, timestamp=1_000):
@@ -107,7 +107,7 @@ def test_images_are_converted_resized_and_bad_ones_rejected():
 
 
 def test_an_image_of_huge_dimensions_is_rejected_before_its_pixels_are_decoded() -> None:
-    from stream_infer.decode import MAX_IMAGE_PIXELS
+    from stream_infer.pipeline.decode import MAX_IMAGE_PIXELS
 
     buf = io.BytesIO()
     Image.new("L", (5000, 5000)).save(buf, format="PNG")  # ~24 KB on the wire, 25 MP decoded

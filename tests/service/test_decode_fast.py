@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_infer.decode import Decoder
+from stream_infer.pipeline.decode import Decoder
 
 
 def rec(value, key=b"e1", partition=0, offset=0, timestamp=1_000):

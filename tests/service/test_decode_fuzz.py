@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from stream_infer.decode import SEQ_MAX, TS_MAX_MS, TS_MIN_MS, Decoder, DecodeResult
 from stream_infer.metrics import INVALID_REASONS
+from stream_infer.pipeline.decode import SEQ_MAX, TS_MAX_MS, TS_MIN_MS, Decoder, DecodeResult
 
 _COMMON: dict[str, Any] = {
     "deadline": None,  # CI runners are noisy, and time is no property under test here

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_infer.entities import EntityStore, ModelShape
 from stream_infer.records import SampleBatch
-from stream_infer.state import NumpyStateSlab
+from stream_infer.state.slab import NumpyStateSlab
+from stream_infer.state.store import EntityStore, ModelShape
 
 W, K, F = 4, 2, 3
 MODEL = ModelShape("m@1", W, K, (F,), (1, 4))

@@ -38,7 +38,7 @@ def test_librdkafka_errors_become_the_kafka_errors_classes(code, cls):
 
 
 def test_an_authorization_error_is_named_by_the_access_checks():
-    from stream_infer.access import denied
+    from stream_infer.kafka.access import denied
 
     s = load_settings(None, topics={"input": "in"})
     refusal = denied(translate(ck.KafkaError(29), "topic in"), s)

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from stream_infer.config import KafkaSettings
-from stream_infer.oauth import OidcTokenProvider, TokenError
+from stream_infer.kafka.oauth import OidcTokenProvider, TokenError
 from tests.http_json import serve_json
 
 Reply = tuple[int, dict]

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_infer.decode import Decoder
 from stream_infer.errors import RegistryUnavailable
-from stream_infer.registry import SchemaRegistry
+from stream_infer.formats.schema_registry import SchemaRegistry
+from stream_infer.pipeline.decode import Decoder
 from tests.processes import free_port
 from tests.registry import (
     AVRO_ID,

@@ -51,8 +51,9 @@ def _client_kwargs_of_every_role(monkeypatch: pytest.MonkeyPatch, s: Settings) -
     import kafka
 
     from stream_infer import kafka as layer
-    from stream_infer import service, source, topics
-    from stream_infer.kafka import kafka_python
+    from stream_infer import service
+    from stream_infer.kafka import compacted as source
+    from stream_infer.kafka import kafka_python, topics
 
     seen: dict[str, dict[str, Any]] = {}
 

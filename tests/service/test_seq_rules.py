@@ -1,4 +1,4 @@
-"""The sequence rules (stream_infer.windows) against a small, obviously correct reference.
+"""The sequence rules (stream_infer.state.windows) against a small, obviously correct reference.
 
 The reference keeps, per entity, the list of samples of its current segment and applies the
 rules of docs/formats.md one sample at a time, in plain Python. The store gets the same stream
@@ -16,11 +16,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_infer import changelog
-from stream_infer.entities import EntityStore, ModelShape
 from stream_infer.records import SampleBatch
-from stream_infer.state import NumpyStateSlab
-from stream_infer.windows import DROPS, SEGMENTS, WindowStore, default_rewind
+from stream_infer.state import codec as changelog
+from stream_infer.state.slab import NumpyStateSlab
+from stream_infer.state.store import EntityStore, ModelShape
+from stream_infer.state.windows import DROPS, SEGMENTS, WindowStore, default_rewind
 
 F = 2
 FAR = 10**12

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
-from stream_infer.batcher import Chunk
 from stream_infer.errors import ModelError
-from stream_infer.heads import Head, make_head
 from stream_infer.kafka.kafka_python import KafkaPythonProducer
-from stream_infer.sink import Sink
+from stream_infer.model.heads import Head, make_head
+from stream_infer.pipeline.batcher import Chunk
+from stream_infer.pipeline.sink import Sink
 from tests.reference import published
 
 SCHEMA = json.loads((files("stream_infer") / "schemas" / "prediction.schema.json").read_text())

@@ -2,7 +2,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from stream_infer.metrics import Metrics
-from stream_infer.slots import SlotTable
+from stream_infer.state.slots import SlotTable
 
 
 def test_slots_are_reused_after_release_and_lru_picks_the_oldest():

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import orjson
 
-from stream_infer.batcher import Batcher
-from stream_infer.decode import Decoder, message_traces
-from stream_infer.entities import EntityStore, ModelShape
-from stream_infer.sink import Sink
-from stream_infer.state import NumpyStateSlab
+from stream_infer.pipeline.batcher import Batcher
+from stream_infer.pipeline.decode import Decoder, message_traces
+from stream_infer.pipeline.sink import Sink
+from stream_infer.state.slab import NumpyStateSlab
+from stream_infer.state.store import EntityStore, ModelShape
 from stream_infer.testing import ListProducer
 
 W, K, F = 4, 2, 3

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stream_infer.windows import WindowStore
+from stream_infer.state.windows import WindowStore
 
 
 def _store(cap=8, w=4, k=2, f=2, gap=10, rewind=None):

@@ -5,7 +5,7 @@ batch-first, ``[S, *shape]`` (S = slot capacity). The batch of a step is gathere
 slot before the engine call, with the batch axis moved to where the graph takes it (``[L, B, Hd]``
 for an LSTM's h and c), and scattered back after, so the engine itself never holds per-entity
 data. The numpy store serves CPU engines; CUDA engines use the torch store in
-``stream_infer.backends.cuda_state`` with the same methods, keeping the slabs on the GPU.
+``stream_infer.state.cuda_slab`` with the same methods, keeping the slabs on the GPU.
 
 Thread-safety: owned by the engine thread; other threads touch it only while the pipeline is
 drained (at a checkpoint or rebalance).
@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from stream_infer.backends.base import Array
-from stream_infer.contract import StateSpec, lstm_states
+from stream_infer.model.contract import StateSpec, lstm_states
 
 
 class StateSlab(Protocol):
@@ -84,7 +84,7 @@ class NumpyStateSlab:
 def make_state_slab(device: str, capacity: int, states: tuple[StateSpec, ...]) -> StateSlab:
     """The slab that matches an engine's device: host numpy for "cpu", torch on "cuda:N"."""
     if device.startswith("cuda"):
-        from stream_infer.backends.cuda_state import CudaStateSlab
+        from stream_infer.state.cuda_slab import CudaStateSlab
 
         return CudaStateSlab(device, capacity, states=states)
     return NumpyStateSlab(capacity, states=states)

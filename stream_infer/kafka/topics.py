@@ -22,12 +22,12 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import AuthorizationError, KafkaError, TopicAlreadyExistsError
 
-from stream_infer.access import check_access, denied, explain_refusal
 from stream_infer.config import Settings
 from stream_infer.errors import ConfigError
 from stream_infer.kafka import max_request_bytes
+from stream_infer.kafka.access import check_access, denied, explain_refusal
 from stream_infer.logs import kafka_connected, kafka_startup_fault, kafka_startup_faults
-from stream_infer.sink import DEAD_LETTER_HEADROOM_BYTES
+from stream_infer.pipeline.sink import DEAD_LETTER_HEADROOM_BYTES
 
 logger = logging.getLogger(__name__)
 

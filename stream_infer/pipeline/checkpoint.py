@@ -90,13 +90,13 @@ from tenacity import (
     wait_exponential,
 )
 
-from stream_infer.access import authorization_cause
 from stream_infer.config import Settings
-from stream_infer.entities import EntityStore
 from stream_infer.errors import SinkError
 from stream_infer.kafka import Consumer, Producer, make_producer
+from stream_infer.kafka.access import authorization_cause
 from stream_infer.metrics import Metrics
-from stream_infer.sink import Sink
+from stream_infer.pipeline.sink import Sink
+from stream_infer.state.store import EntityStore
 
 logger = logging.getLogger(__name__)
 

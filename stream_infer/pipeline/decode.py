@@ -33,11 +33,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import orjson
 
-from stream_infer import registry
 from stream_infer.errors import DecodeError, PipelineError
+from stream_infer.formats import schema_registry as registry
+from stream_infer.formats.schema_registry import SchemaRegistry
 from stream_infer.metrics import INVALID_REASONS
 from stream_infer.records import InvalidMessage, SampleBatch
-from stream_infer.registry import SchemaRegistry
 
 logger = logging.getLogger(__name__)
 

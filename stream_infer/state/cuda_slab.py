@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stream_infer.contract import StateSpec, lstm_states
+from stream_infer.model.contract import StateSpec, lstm_states
 
 
 class CudaStateSlab:

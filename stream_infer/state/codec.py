@@ -49,8 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_infer.contract import StateSpec, lstm_states
 from stream_infer.errors import StateError
+from stream_infer.model.contract import StateSpec, lstm_states
 
 MAGIC = b"SIST"
 FORMAT_VERSION = 3  # the version this code writes; it reads 1, 2 and 3
@@ -83,7 +83,7 @@ class EntityState:
     tail: np.ndarray  # [W, *sample_shape] float32
     states: tuple[np.ndarray, ...]  # one per state tensor, per-entity shape (no batch axis)
     model_id: str = ""  # the model that wrote it (set by ``decode``)
-    anchor: int = NO_ANCHOR  # see the sequence rules (stream_infer.windows)
+    anchor: int = NO_ANCHOR  # see the sequence rules (stream_infer.state.windows)
     offset: int = NO_ANCHOR  # input offset of the last sample seen; -1: unknown
 
     @property

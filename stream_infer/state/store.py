@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_infer import changelog
-from stream_infer.contract import StateSpec, lstm_states
 from stream_infer.errors import StateError
+from stream_infer.model.contract import StateSpec, lstm_states
 from stream_infer.records import SampleBatch, WindowBatch
-from stream_infer.slots import SlotTable
-from stream_infer.state import StateSlab
-from stream_infer.windows import PushStats, WindowStore
+from stream_infer.state import codec as changelog
+from stream_infer.state.slab import StateSlab
+from stream_infer.state.slots import SlotTable
+from stream_infer.state.windows import PushStats, WindowStore
 
 logger = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from stream_infer.access import authorization_cause
 from stream_infer.backends.base import Engine
-from stream_infer.batcher import Batcher, Chunk
 from stream_infer.errors import EngineError
+from stream_infer.kafka.access import authorization_cause
 from stream_infer.metrics import Metrics
+from stream_infer.pipeline.batcher import Batcher, Chunk
+from stream_infer.pipeline.sink import Sink
 from stream_infer.records import WindowBatch
-from stream_infer.sink import Sink
-from stream_infer.state import StateSlab
+from stream_infer.state.slab import StateSlab
 
 logger = logging.getLogger(__name__)
 

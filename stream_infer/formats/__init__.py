@@ -1,0 +1,1 @@
+"""Input formats: bytes -> samples, one module per format, registered in one table."""
