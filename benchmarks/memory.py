@@ -54,7 +54,8 @@ def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
     base = rss_mb()  # the interpreter and the imports
     decoder = Decoder("f32", (F,), 4_194_304, 10_000)
     model = ModelShape("bench@1", W, HOP, (F,), (LAYERS, HIDDEN))
-    store = EntityStore(cap, model, NumpyStateSlab(cap, LAYERS, HIDDEN), max_seq_gap=100)
+    slab = NumpyStateSlab(cap, LAYERS, HIDDEN)  # the inference thread's, in the service
+    store = EntityStore(cap, model, slab, max_seq_gap=100)
     allocated = rss_mb()
     rng = np.random.default_rng(0)
     payload = rng.normal(size=(W, F)).astype("<f4").tobytes()  # W samples: one window each
@@ -70,16 +71,14 @@ def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
             for i in range(CHUNK)
         ]
         now += 1.0
-        # The checkpoint's idle eviction, then the service's ingest (Service._window)
-        evicted += store.evict_idle(now, ttl_s)
+        # The checkpoint's idle expiry, then ingest's admission and windows (pipeline/ingest.py)
+        evicted += store.expire_idle(now, ttl_s)
         batch = decoder.decode(cast("list[Record]", recs)).samples
-        need = store.shortfall(batch.entities)
-        if need:
-            evicted += store.evict_lru(need + max(1, cap // 10), protect=set(batch.entities))
+        evicted += store.make_room(batch.entities)
         wb, _ = store.push(batch, now)
         # the engine thread's scatter of the new state for every completed window
         h = np.full((LAYERS, len(wb), HIDDEN), 0.5, np.float32)
-        store.slab.scatter(wb.slots, h, h)
+        slab.scatter(wb.slots, h, h)
         store.snapshot_dirty()  # the checkpoint writes the changelog and clears the marks
         seen += CHUNK
         if seen in CHECKPOINTS:

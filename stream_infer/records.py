@@ -65,7 +65,11 @@ class SampleBatch:
 
 @dataclass(frozen=True, slots=True)
 class WindowBatch:
-    """Windows that completed a hop, in per-entity order; one entity may appear several times."""
+    """Windows that completed a hop, in per-entity order; one entity may appear several times.
+
+    The one shape of a hop's windows from the window store through the batcher and the engine
+    to the sink: the batcher merges and splits them (``concat``, ``select``), the sink publishes
+    one prediction per window."""
 
     slots: np.ndarray  # [M] int64 slot of each window's entity
     entities: list[str]  # [M]
@@ -73,26 +77,40 @@ class WindowBatch:
     event_ms: np.ndarray  # [M] int64 event time of the window's last sample
     fresh: np.ndarray  # [M] bool: start from zero state (new entity or reset)
     x: np.ndarray  # [M, W, *sample_shape] float32
-    enqueued_s: float  # monotonic time the batch left the window store
+    enqueued_s: np.ndarray  # [M] float64 monotonic time each window left the window store
     trace: list[bytes | None] | None = None  # [M] traceparent of the window's last sample
 
     def __len__(self) -> int:
         return len(self.entities)
 
+    def select(self, idx: np.ndarray) -> WindowBatch:
+        """The windows at ``idx`` (int64 positions), in that order."""
+        pos = idx.tolist()
+        return WindowBatch(
+            self.slots[idx],
+            [self.entities[i] for i in pos],
+            self.seq[idx],
+            self.event_ms[idx],
+            self.fresh[idx],
+            self.x[idx],
+            self.enqueued_s[idx],
+            None if self.trace is None else [self.trace[i] for i in pos],
+        )
 
-@dataclass(frozen=True, slots=True)
-class PredictionBatch:
-    """Engine outputs for one engine call, ready to publish."""
-
-    entities: list[str]  # [B]
-    seq: np.ndarray  # [B] int64
-    event_ms: np.ndarray  # [B] int64
-    scores: np.ndarray  # [B, K] float32
-    queue_wait_s: np.ndarray  # [B] float64 time from window completion to engine start
-    engine_s: float  # wall time of the engine call
-
-    def __len__(self) -> int:
-        return len(self.entities)
+    @staticmethod
+    def concat(batches: list[WindowBatch]) -> WindowBatch:
+        if len(batches) == 1:
+            return batches[0]
+        return WindowBatch(
+            np.concatenate([b.slots for b in batches]),
+            [e for b in batches for e in b.entities],
+            np.concatenate([b.seq for b in batches]),
+            np.concatenate([b.event_ms for b in batches]),
+            np.concatenate([b.fresh for b in batches]),
+            np.concatenate([b.x for b in batches]),
+            np.concatenate([b.enqueued_s for b in batches]),
+            concat_trace([b.trace for b in batches], [len(b) for b in batches]),
+        )
 
 
 @dataclass(frozen=True, slots=True)

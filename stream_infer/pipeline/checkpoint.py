@@ -195,7 +195,7 @@ class Checkpointer:
         t0 = time.perf_counter()
         self.drain()
         s = self.settings
-        evicted = self.store.evict_idle(time.monotonic(), s.entities.idle_ttl_s)
+        evicted = self.store.expire_idle(time.monotonic(), s.entities.idle_ttl_s)
         if evicted:
             self.metrics.evicted.labels("ttl").inc(evicted)
             self.metrics.active_entities.set(len(self.store))
@@ -338,8 +338,7 @@ class Checkpointer:
         self.replace_producer()
         consumer = self.consumer
         assigned = set(consumer.assignment())
-        self.store.drop_partitions({tp.partition for tp in assigned})
-        self.store.reset_pending()
+        self.store.rewind({tp.partition for tp in assigned})
         self.offsets.clear()
         # The broker, not memory, says where the last transaction ended: an abandoned commit
         # may have gone through after all (its EndTxn reached the coordinator before the

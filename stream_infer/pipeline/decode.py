@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import chain
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -36,6 +36,7 @@ import orjson
 from stream_infer.errors import DecodeError, PipelineError
 from stream_infer.formats import schema_registry as registry
 from stream_infer.formats.schema_registry import SchemaRegistry
+from stream_infer.kafka.types import ConsumedRecord
 from stream_infer.metrics import INVALID_REASONS
 from stream_infer.records import InvalidMessage, SampleBatch
 
@@ -62,16 +63,7 @@ _INT_MAX_DIGITS = 20  # longer digit strings are out of range for ts and seq; bo
 _DETAIL_MAX_CHARS = 200
 
 
-class Record(Protocol):
-    """The fields of a Kafka consumer record that decoding uses."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+Record = ConsumedRecord  # the fields of a consumed record that decoding uses
 
 
 @dataclass(frozen=True, slots=True)

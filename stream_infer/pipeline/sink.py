@@ -22,8 +22,7 @@ from kafka.errors import AuthorizationError, KafkaError
 from stream_infer.errors import SinkError
 from stream_infer.kafka import Producer
 from stream_infer.model.heads import Head
-from stream_infer.pipeline.batcher import Chunk
-from stream_infer.records import InvalidMessage
+from stream_infer.records import InvalidMessage, WindowBatch
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class Sink:
         self._discard = False
         self._gate.set()
 
-    def publish(self, batch: Chunk, scores: np.ndarray) -> np.ndarray:
+    def publish(self, batch: WindowBatch, scores: np.ndarray) -> np.ndarray:
         """Send one prediction per window, keyed by entity; returns emit times [B] (ms).
 
         Per prediction this builds one dict and one ``orjson.dumps``; everything else (the

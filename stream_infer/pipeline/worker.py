@@ -24,7 +24,7 @@ from stream_infer.backends.base import Engine
 from stream_infer.errors import EngineError
 from stream_infer.kafka.access import authorization_cause
 from stream_infer.metrics import Metrics
-from stream_infer.pipeline.batcher import Batcher, Chunk
+from stream_infer.pipeline.batcher import Batcher
 from stream_infer.pipeline.sink import Sink
 from stream_infer.records import WindowBatch
 from stream_infer.state.slab import StateSlab
@@ -159,7 +159,7 @@ class InferenceWorker(threading.Thread):
             return
         self.metrics.predictions.inc(len(y[0]))
 
-    def _run(self, chunk: Chunk, retry: bool) -> tuple[np.ndarray] | None:
+    def _run(self, chunk: WindowBatch, retry: bool) -> tuple[np.ndarray] | None:
         """Step the engine for ``chunk`` and publish; isolate failures. Returns published scores."""
         slots = chunk.slots
         if chunk.fresh.any():

@@ -36,7 +36,7 @@ class SlotTable:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Slots for ``entities`` [N] (allocating new ones), and which slots are new.
 
-        The caller makes room first (``missing`` + ``evict_lru``); running out raises IndexError.
+        The caller makes room first (``EntityStore.make_room``); running out raises IndexError.
         """
         idx = self.index
         new: list[int] = []
@@ -75,9 +75,13 @@ class SlotTable:
         used = self.used()
         return used[self.last_seen_s[used] < now_s - ttl_s]
 
-    def least_recent(self, n: int) -> np.ndarray:
-        """The ``n`` least recently seen slots."""
+    def least_recent(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """The ``n`` least recently seen slots, none of ``exclude``."""
         used = self.used()
+        if exclude is not None and len(exclude):
+            used = used[~np.isin(used, exclude)]
+        if n <= 0:
+            return used[:0]
         if n >= len(used):
             return used
         return used[np.argpartition(self.last_seen_s[used], n)[:n]]

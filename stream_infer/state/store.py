@@ -1,13 +1,28 @@
-"""Per-entity state, with one owner.
+"""Per-entity state, with one owner: an entity's whole life is this module's public API.
 
 An ``EntityStore`` holds everything the service keeps per entity: the entity -> slot table, the
-sliding windows, the carried state slab, the ``dirty`` marks (touched since the last checkpoint)
-and the tombstones (evicted since the last checkpoint). Nothing else writes these arrays; the
-commit path asks for ``snapshot_dirty()`` and rebalances call ``drop_partitions`` / ``restore``.
+sliding windows (with the sequence rules), the carried state slab, the dirty marks (touched since
+the last checkpoint) and the tombstones (evicted since the last checkpoint), all private. Its
+life cycle, in the order an entity meets it:
+
+* admission: ``parts`` (a poll with more entities than slots is admitted in parts),
+  ``shortfall`` and ``make_room`` (LRU eviction under the slot cap, never an entity of the poll
+  while others can go), then ``push`` (samples into windows; completed windows out);
+* eviction: ``make_room`` (LRU) and ``expire_idle`` (idle TTL), both leaving a tombstone that
+  deletes the changelog record at the next checkpoint;
+* checkpoint: ``snapshot_dirty`` (changelog records of what changed);
+* rebalance: ``drop_partitions`` (revoked or lost: no tombstones, the next owner restores) and
+  ``restore`` (from the changelog's latest records);
+* exactly-once rewind: ``rewind`` (forget the partitions and what the next checkpoint would
+  write; the caller restores them);
+* observation: ``describe`` (one entity's fields, never the tensors), ``__contains__``,
+  ``tombstoned``.
+
+The service, ``evaluate`` and the benchmarks use this API only.
 
 Threading: the source thread owns the store. The inference thread reads windows it was handed
 and writes the slab rows of the slots in them, so every call that frees or reuses a slot
-(``admit`` with eviction, ``evict_*``, ``drop_partitions``, ``restore``, ``reset_pending``) and
+(``make_room``, ``expire_idle``, ``drop_partitions``, ``restore``, ``rewind``) and
 ``snapshot_dirty`` must run with the inference thread drained: the caller drains first.
 """
 
@@ -50,6 +65,19 @@ class ModelShape:
 
 
 @dataclass(frozen=True, slots=True)
+class EntityView:
+    """One entity as the store holds it (never its tensors)."""
+
+    entity: str
+    partition: int
+    last_seq: int  # -1: no sample since its segment started
+    samples_in_segment: int  # samples since the segment (and its zero state) started
+    last_event_ms: int
+    fresh: bool  # its next window starts from zero state
+    idle_s: float  # seconds since it was last seen (by the caller's clock)
+
+
+@dataclass(frozen=True, slots=True)
 class Restored:
     restored: int
     not_restorable: int  # records of another model version or unreadable: the entity restarts
@@ -70,26 +98,49 @@ class EntityStore:
     ) -> None:
         self.model = model
         self.capacity = capacity
-        self.slots = SlotTable(capacity)
-        self.windows = WindowStore(
+        self._slots = SlotTable(capacity)
+        self._windows = WindowStore(
             capacity, model.window, model.hop, model.sample_shape, max_seq_gap, max_seq_rewind
         )
-        self.slab = slab
-        self.dirty = np.zeros(capacity, dtype=bool)  # touched since the last checkpoint
-        self.tombstones: dict[str, int] = {}  # entity -> partition, evicted since the last checkpoint
+        self._slab = slab
+        self._dirty = np.zeros(capacity, dtype=bool)  # touched since the last checkpoint
+        self._tombstones: dict[str, int] = {}  # entity -> partition, evicted since the last checkpoint
 
     def __len__(self) -> int:
-        return len(self.slots)
+        return len(self._slots)
+
+    def __contains__(self, entity: object) -> bool:
+        return isinstance(entity, str) and self._slots.lookup(entity) is not None
 
     @property
     def free(self) -> int:
-        return self.slots.free
+        return self._slots.free
+
+    def tombstoned(self) -> frozenset[str]:
+        """Entities evicted since the last checkpoint: the next one deletes their records."""
+        return frozenset(self._tombstones)
+
+    def describe(self, entity: str, now_s: float) -> EntityView | None:
+        """What the store holds of ``entity`` (None when it holds nothing)."""
+        s = self._slots.lookup(entity)
+        if s is None:
+            return None
+        w = self._windows
+        return EntityView(
+            entity,
+            int(self._slots.partition[s]),
+            int(w.last_seq[s]),
+            int(w.count[s]),
+            int(w.last_event_ms[s]),
+            bool(w.fresh[s]),
+            max(0.0, now_s - float(self._slots.last_seen_s[s])),
+        )
 
     # --- admission ---
 
     def shortfall(self, entities: list[str]) -> int:
         """How many slots are missing for ``entities`` to all hold one (0 if they fit)."""
-        return max(0, len(self.slots.missing(entities)) - self.slots.free)
+        return max(0, len(self._slots.missing(entities)) - self._slots.free)
 
     def parts(self, entities: list[str]) -> list[tuple[int, int]]:
         """Split a poll's samples (in arrival order) into contiguous parts of at most
@@ -109,84 +160,91 @@ class EntityStore:
         out.append((lo, len(entities)))
         return out
 
+    def make_room(self, part: list[str]) -> int:
+        """Evict least recently seen entities until ``part``'s entities all fit (drained).
+
+        A tenth of the capacity more is evicted, to amortise the caller's drain; never an
+        entity of ``part`` (a whole poll, or one part of a poll with more entities than slots).
+        Returns how many were evicted (0 when ``part`` already fits)."""
+        need = self.shortfall(part)
+        if not need:
+            return 0
+        return self.evict_lru(need + max(1, self.capacity // 10), part)
+
     def push(self, batch: SampleBatch, now_s: float) -> tuple[WindowBatch, PushStats]:
         """Admit the batch's entities (the caller made room: ``shortfall`` is 0) and append their
         samples to the windows; returns the windows that completed a hop."""
-        slots, new = self.slots.assign(batch.entities, batch.partition, now_s)
+        slots, new = self._slots.assign(batch.entities, batch.partition, now_s)
         if len(new):
-            self.windows.reset(new)  # fresh: the first window starts from zero state
+            self._windows.reset(new)  # fresh: the first window starts from zero state
         offset = batch.offset
-        if offset is not None and (batch.partition != self.slots.partition[slots]).any():
+        if offset is not None and (batch.partition != self._slots.partition[slots]).any():
             offset = None  # an entity read from another partition (re-partitioned input): by seq alone
-        wb, st = self.windows.push(
+        wb, st = self._windows.push(
             slots, batch.seq, batch.event_ms, batch.values, batch.entities, batch.trace, batch.reset, offset
         )
 
-        self.dirty[slots] = True
+        self._dirty[slots] = True
         return wb, st
 
     # --- eviction (drained) ---
 
     def evict_lru(self, n: int, protect: Iterable[str] = ()) -> int:
-        """Evict up to ``n`` least recently seen entities, never one in ``protect`` (the poll
-        being admitted). Returns how many were evicted."""
-        used = self.slots.used()
-        keep = [s for s in (self.slots.lookup(e) for e in protect) if s is not None]
-        if keep:
-            used = used[~np.isin(used, np.asarray(keep, dtype=np.int64))]
-        if n <= 0 or not len(used):
-            return 0
-        if n < len(used):
-            used = used[np.argpartition(self.slots.last_seen_s[used], n)[:n]]
-        return self._evict(used)
+        """Evict up to ``n`` least recently seen entities, never one in ``protect``. Returns
+        how many were evicted."""
+        keep = [s for s in (self._slots.lookup(e) for e in protect) if s is not None]
+        return self._evict(self._slots.least_recent(n, np.asarray(keep, dtype=np.int64)))
 
-    def evict_idle(self, now_s: float, ttl_s: float) -> int:
-        return self._evict(self.slots.idle(now_s, ttl_s))
+    def expire_idle(self, now_s: float, ttl_s: float) -> int:
+        """Evict the entities not seen for ``ttl_s`` seconds; returns how many."""
+        return self._evict(self._slots.idle(now_s, ttl_s))
 
     def _evict(self, slots: np.ndarray) -> int:
         """Free ``slots``; a tombstone deletes each entity's changelog record at the next
         checkpoint."""
         if not len(slots):
             return 0
-        parts = self.slots.partition[slots].tolist()
-        for e, p in zip(self.slots.release(slots), parts, strict=True):
-            self.tombstones[e] = p
+        parts = self._slots.partition[slots].tolist()
+        for e, p in zip(self._slots.release(slots), parts, strict=True):
+            self._tombstones[e] = p
         self._clear(slots)
         return len(slots)
 
     def _clear(self, slots: np.ndarray) -> None:
-        self.windows.reset(slots)
-        self.slab.zero(slots)
-        self.dirty[slots] = False
+        self._windows.reset(slots)
+        self._slab.zero(slots)
+        self._dirty[slots] = False
 
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget the entities of ``partitions`` (revoked or lost) without tombstones: their
         changelog records stay for the next owner."""
-        slots = self.slots.of_partitions(partitions)
-        self.slots.release(slots)
+        slots = self._slots.of_partitions(partitions)
+        self._slots.release(slots)
         self._clear(slots)
-        for e in [e for e, p in self.tombstones.items() if p in partitions]:
-            del self.tombstones[e]
+        for e in [e for e, p in self._tombstones.items() if p in partitions]:
+            del self._tombstones[e]
         return len(slots)
 
-    def reset_pending(self) -> None:
-        """Forget what the next checkpoint would write (the exactly-once rewind: the aborted
-        transaction's state is reloaded from the changelog)."""
-        self.tombstones.clear()
-        self.dirty[:] = False
+    def rewind(self, partitions: set[int]) -> None:
+        """The exactly-once rewind: forget ``partitions`` and everything the next checkpoint
+        would write (the aborted transaction's); the caller restores them from the changelog."""
+        self.drop_partitions(partitions)
+        self._tombstones.clear()
+        self._dirty[:] = False
 
     # --- changelog (drained) ---
 
-    def snapshot_dirty(self) -> list[ChangelogRecord]:
-        """Changelog records for everything changed since the last call: tombstones for evicted
-        entities, then one state record per touched entity. Clears the marks."""
-        out: list[ChangelogRecord] = [(e.encode(), None, p) for e, p in self.tombstones.items()]
-        self.tombstones.clear()
-        slots = np.flatnonzero(self.dirty)
+    def snapshot_dirty(self, everything: bool = False) -> list[ChangelogRecord]:
+        """Changelog records for everything changed since the last call (``everything``: for
+        every entity held): tombstones for evicted entities, then one state record per touched
+        entity. Clears the marks."""
+        out: list[ChangelogRecord] = [(e.encode(), None, p) for e, p in self._tombstones.items()]
+        self._tombstones.clear()
+        slots = self._slots.used() if everything else np.flatnonzero(self._dirty)
         if not len(slots):
             return out
-        self.dirty[slots] = False
-        w = self.windows
+        self._dirty[slots] = False
+        w = self._windows
         values = changelog.encode_many(
             self.model.model_id,
             w.last_seq[slots],
@@ -194,13 +252,13 @@ class EntityStore:
             w.count[slots],
             w.fresh[slots],
             w.tail[slots],
-            *self.slab.read(slots),
+            *self._slab.read(slots),
             specs=self.model.states,
             anchor=w.anchor[slots],
             offset=w.last_offset[slots],
         )
-        ents = self.slots.entity
-        parts = self.slots.partition[slots].tolist()
+        ents = self._slots.entity
+        parts = self._slots.partition[slots].tolist()
         out.extend(
             (ents[s].encode(), v, p)  # type: ignore[union-attr]
             for s, v, p in zip(slots.tolist(), values, parts, strict=True)
@@ -227,11 +285,11 @@ class EntityStore:
                 skipped += 1
                 logger.info("not restoring %s: %s", entity, exc)
                 continue
-            if self.slots.lookup(entity) is None and self.slots.free == 0:
+            if self._slots.lookup(entity) is None and self._slots.free == 0:
                 evicted += self.evict_lru(max(1, self.capacity // 10))
-            s = self.slots.put(entity, part, now_s)
-            self.tombstones.pop(entity, None)
-            w = self.windows
+            s = self._slots.put(entity, part, now_s)
+            self._tombstones.pop(entity, None)
+            w = self._windows
             w.tail[s] = st.tail
             w.count[s] = st.count
             w.last_seq[s] = st.last_seq
@@ -239,7 +297,7 @@ class EntityStore:
             w.fresh[s] = st.fresh
             w.anchor[s] = st.anchor
             w.last_offset[s] = st.offset
-            self.slab.write(
+            self._slab.write(
                 np.asarray([s]),
                 *(np.expand_dims(a, spec.batch_axis) for a, spec in zip(st.states, m.states, strict=True)),
             )

@@ -247,7 +247,7 @@ class WindowStore:
             event_ms=s_event[c],
             fresh=fresh[arrival],
             x=x[arrival],
-            enqueued_s=time.monotonic(),
+            enqueued_s=np.full(len(c), time.monotonic()),
             trace=None if trace is None else [trace[i] for i in src],
         )
         return batch, stats
@@ -318,5 +318,5 @@ class WindowStore:
             np.empty(0, np.int64),
             np.empty(0, bool),
             np.empty((0, self.window, *self.sample_shape), np.float32),
-            time.monotonic(),
+            np.empty(0, np.float64),
         )

@@ -15,7 +15,7 @@ def wb(slots, t=None):
         np.zeros(n, np.int64),
         np.zeros(n, bool),
         np.arange(n, dtype=np.float32)[:, None, None],
-        time.monotonic() if t is None else t,
+        np.full(n, time.monotonic() if t is None else t),
     )
 
 

@@ -90,7 +90,7 @@ class FakeStore:
     def __init__(self, log: Log) -> None:
         self.log = log
 
-    def evict_idle(self, now, ttl) -> int:
+    def expire_idle(self, now, ttl) -> int:
         return 0
 
     def snapshot_dirty(self):

@@ -49,7 +49,7 @@ def test_lru_eviction_spares_protected_entities_and_writes_tombstones() -> None:
         st.push(batch([e]), now_s=float(i))
     assert st.shortfall(["x", "y", "a"]) == 2
     assert st.evict_lru(2, protect={"a", "x", "y"}) == 2
-    assert set(st.tombstones) == {"b", "c"}  # the least recently seen that are not protected
+    assert set(st._tombstones) == {"b", "c"}  # the least recently seen that are not protected
     assert st.shortfall(["x", "y", "a"]) == 0
     st.push(batch(["x", "y", "a"], [0, 0, 1]), now_s=10.0)
     assert len(st) == 4
@@ -66,8 +66,8 @@ def test_evicting_more_than_unprotected_entities_stops_short_without_raising() -
 def test_snapshot_then_restore_gives_the_same_windows_and_state() -> None:
     st = store(8)
     st.push(batch(["a"] * 6, list(range(6))), now_s=0.0)
-    st.slab.scatter(
-        np.asarray([st.slots.lookup("a")]),
+    st._slab.scatter(
+        np.asarray([st._slots.lookup("a")]),
         np.full((1, 1, 4), 0.25, np.float32),
         np.ones((1, 1, 4), np.float32),
     )
@@ -77,11 +77,11 @@ def test_snapshot_then_restore_gives_the_same_windows_and_state() -> None:
     other = store(8)
     r = other.restore({k: (p, v) for k, v, p in recs}, now_s=1.0)
     assert (r.restored, r.not_restorable) == (1, 0)
-    s0, s1 = st.slots.lookup("a"), other.slots.lookup("a")
+    s0, s1 = st._slots.lookup("a"), other._slots.lookup("a")
     assert s0 is not None and s1 is not None
-    np.testing.assert_array_equal(st.windows.tail[s0], other.windows.tail[s1])
-    assert other.windows.last_seq[s1] == 5 and other.windows.count[s1] == 6
-    np.testing.assert_array_equal(other.slab.read(np.asarray([s1]))[0], np.full((1, 1, 4), 0.25))
+    np.testing.assert_array_equal(st._windows.tail[s0], other._windows.tail[s1])
+    assert other._windows.last_seq[s1] == 5 and other._windows.count[s1] == 6
+    np.testing.assert_array_equal(other._slab.read(np.asarray([s1]))[0], np.full((1, 1, 4), 0.25))
 
 
 def test_restore_into_a_full_store_evicts_instead_of_raising() -> None:
@@ -91,7 +91,7 @@ def test_restore_into_a_full_store_evicts_instead_of_raising() -> None:
     full = store(2)
     full.push(batch(["x", "y"]), now_s=0.0)
     r = full.restore(recs, now_s=1.0)
-    assert r.restored == 1 and r.evicted >= 1 and full.slots.lookup("a") is not None
+    assert r.restored == 1 and r.evicted >= 1 and full._slots.lookup("a") is not None
 
 
 def test_state_of_another_model_is_not_restored() -> None:
@@ -105,16 +105,16 @@ def test_state_of_another_model_is_not_restored() -> None:
 def test_an_upgrade_keeps_state_of_the_same_contract_only_when_asked() -> None:
     st = store(4)
     st.push(batch(["a"] * 5, list(range(5))), now_s=0.0)
-    slot = np.asarray([st.slots.lookup("a")])
-    st.slab.scatter(slot, np.full((1, 1, 4), 0.5, np.float32), np.full((1, 1, 4), -0.5, np.float32))
+    slot = np.asarray([st._slots.lookup("a")])
+    st._slab.scatter(slot, np.full((1, 1, 4), 0.5, np.float32), np.full((1, 1, 4), -0.5, np.float32))
     recs = {k: (p, v) for k, v, p in st.snapshot_dirty()}
     upgraded = EntityStore(4, ModelShape("m@2", W, K, (F,), (1, 4), True), NumpyStateSlab(4, 1, 4), 100)
     r = upgraded.restore(recs, now_s=0.0)
     assert (r.restored, r.upgraded, r.not_restorable) == (1, 1, 0)
-    s1 = np.asarray([upgraded.slots.lookup("a")])
-    h, c = upgraded.slab.read(s1)
+    s1 = np.asarray([upgraded._slots.lookup("a")])
+    h, c = upgraded._slab.read(s1)
     np.testing.assert_array_equal(h, np.full((1, 1, 4), 0.5)) and np.testing.assert_array_equal(c, -h)
-    assert upgraded.windows.last_seq[s1[0]] == 4 and upgraded.windows.count[s1[0]] == 5
+    assert upgraded._windows.last_seq[s1[0]] == 4 and upgraded._windows.count[s1[0]] == 5
     # Another contract (a different hidden size) is never restored, asked or not.
     wider = EntityStore(4, ModelShape("m@3", W, K, (F,), (1, 8), True), NumpyStateSlab(4, 1, 8), 100)
     assert wider.restore(recs, now_s=0.0).not_restorable == 1 and len(wider) == 0

@@ -134,8 +134,7 @@ def _store(window: int, hop: int, gap: int, rewind: int | None) -> EntityStore:
 
 def _restart(old: EntityStore, window: int, hop: int, gap: int, rewind: int | None) -> EntityStore:
     """A pod restart: the changelog records of everything, decoded into a new store."""
-    old.dirty[old.slots.used()] = True
-    latest = {key: (part, value) for key, value, part in old.snapshot_dirty()}
+    latest = {key: (part, value) for key, value, part in old.snapshot_dirty(everything=True)}
     new = _store(window, hop, gap, rewind)
     new.restore(latest, 0.0)
     return new

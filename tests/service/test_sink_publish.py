@@ -17,8 +17,8 @@ from kafka.partitioner.default import DefaultPartitioner, murmur2
 from stream_infer.errors import ModelError
 from stream_infer.kafka.kafka_python import KafkaPythonProducer
 from stream_infer.model.heads import Head, make_head
-from stream_infer.pipeline.batcher import Chunk
 from stream_infer.pipeline.sink import Sink
+from stream_infer.records import WindowBatch
 from tests.reference import published
 
 SCHEMA = json.loads((files("stream_infer") / "schemas" / "prediction.schema.json").read_text())
@@ -45,7 +45,7 @@ class FakeProducer:
 
 def chunk(entities, seqs):
     n = len(entities)
-    return Chunk(
+    return WindowBatch(
         np.arange(n),
         list(entities),
         np.asarray(seqs, np.int64),

@@ -1,0 +1,207 @@
+"""Ingest: one poll's records through decode, dead letters, admission and windows, and the
+completed windows handed to the inference thread.
+
+Data flows one way: records in, windows out to ``hand_off``, bad records out to the dead-letter
+sink. Nothing here commits: the run loop marks a poll's offsets committable only once ``ingest``
+has returned, so every record of it is windowed, handed on or dead-lettered by then.
+
+Poison isolation: decode is built never to raise, and a failure of the windowing of a whole poll
+is retried record by record; a record that still fails is dead-lettered as ``internal_error``
+and the other records go on. Only a ``PipelineError`` (not about one record: the inference
+thread failed, dead letters cannot be sent) escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from stream_infer.errors import PipelineError, SinkError
+from stream_infer.kafka.errors import KafkaError
+from stream_infer.kafka.types import ConsumedRecord
+from stream_infer.metrics import Metrics
+from stream_infer.pipeline.decode import Decoder, DecodeResult, internal_error
+from stream_infer.pipeline.sink import Sink
+from stream_infer.records import InvalidMessage, SampleBatch, WindowBatch
+from stream_infer.state.store import EntityStore
+from stream_infer.state.windows import DROPS, SEGMENTS, PushStats
+
+logger = logging.getLogger(__name__)
+
+
+class Ingest:
+    """The source side of the pipeline, between the consumer and the inference thread.
+
+    ``drain`` waits until the inference thread has run every window handed to it: it is called
+    before evicting (a slot is never reused under a window in flight). ``hand_off`` passes
+    completed windows on (``InferenceWorker.submit``)."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        store: EntityStore,
+        sink: Sink,
+        metrics: Metrics,
+        hand_off: Callable[[WindowBatch], None],
+        drain: Callable[[], None],
+        dead_letter_topic: str,
+    ) -> None:
+        self.decoder = decoder
+        self.store = store
+        self.sink = sink
+        self.metrics = metrics
+        self.hand_off = hand_off
+        self.drain = drain
+        self.dead_letter_topic = dead_letter_topic
+        self._logged_at: dict[str, float] = {}  # reason -> when a line about it was last logged
+
+    def __call__(self, records: Sequence[ConsumedRecord]) -> None:
+        """Decode, dead-letter the bad, window the good and hand completed windows on."""
+        self.metrics.messages.inc(len(records))
+        res = self._decode(records)
+        if res.invalid:
+            self._dead_letter(res.invalid)
+        try:
+            self._window(res.samples)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            logger.warning(
+                "windowing a poll of %d records failed (%s: %s); retrying record by record",
+                len(records),
+                type(exc).__name__,
+                exc,
+            )
+            dead = {(m.partition, m.offset) for m in res.invalid}
+            for rec in records:
+                if (rec.partition, rec.offset) not in dead:
+                    self._one(rec)
+
+    def _decode(self, records: Sequence[ConsumedRecord]) -> DecodeResult:
+        try:
+            return self.decoder.decode(records)
+        except PipelineError:
+            raise
+        except Exception as exc:  # decode is built never to raise; if it does, one record at a time
+            logger.warning(
+                "decoding a poll failed (%s: %s); decoding record by record", type(exc).__name__, exc
+            )
+            parts = [self._decode_one(r) for r in records]
+            invalid = [m for p in parts for m in p.invalid]
+            good = [p.samples for p in parts if len(p.samples)]
+            batch = SampleBatch.concat(good) if good else self.decoder.decode([]).samples
+            return DecodeResult(batch, invalid, len(records))
+
+    def _decode_one(self, rec: ConsumedRecord) -> DecodeResult:
+        try:
+            return self.decoder.decode([rec])
+        except PipelineError:
+            raise
+        except Exception as exc:
+            return DecodeResult(self.decoder.decode([]).samples, [internal_error(rec, exc)], 1)
+
+    def _one(self, rec: ConsumedRecord) -> None:
+        """One record through decode and windowing; any failure dead-letters it."""
+        try:
+            res = self.decoder.decode([rec])
+            if res.invalid:
+                self._dead_letter(res.invalid)
+            self._window(res.samples)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            self._dead_letter([internal_error(rec, exc)])
+
+    def _window(self, batch: SampleBatch) -> None:
+        """Admit the samples' entities (``EntityStore.make_room``: in parts when one poll holds
+        more entities than there are slots) and push them into their windows; completed
+        windows go to the inference thread."""
+        if not len(batch):
+            return
+        m = self.metrics
+        store = self.store
+        parts = store.parts(batch.entities)
+        if len(parts) > 1:
+            m.split_polls.inc()
+        for lo, hi in parts:
+            part = batch.part(lo, hi)
+            if store.shortfall(part.entities):
+                self.drain()
+                m.evicted.labels("lru").inc(store.make_room(part.entities))
+            wb, st = store.push(part, time.monotonic())
+            # Counted once pushed: a poll retried record by record is not counted twice.
+            m.events.inc(len(part))
+            if st.duplicates or st.resets:
+                self._count_seq_rules(st)
+            try:
+                self.hand_off(wb)
+            except Exception as exc:
+                raise PipelineError(f"handing windows to the inference thread failed: {exc}") from exc
+        m.active_entities.set(len(store))
+
+    def _count_seq_rules(self, st: PushStats) -> None:
+        """Count the sequence rules' drops and new segments per reason; log restarts and
+        outliers naming the entity (one line per reason and second; the rest are counted)."""
+        m = self.metrics
+        for reason, n in zip(DROPS, st.dropped, strict=True):
+            if n:
+                m.dropped.labels(reason).inc(n)
+        for reason, n in zip(SEGMENTS, st.segments, strict=True):
+            if n:
+                m.resets.labels(reason).inc(n)
+        for entity, reason, last, seq in st.events:
+            if self._first_this_second(reason):
+                what = "restarted its seq" if reason == "seq_restart" else "sent an outlier seq before"
+                logger.warning(
+                    "entity %s %s (seq %d after %d): a new segment from zero state (similar ones "
+                    "this second are counted, not logged)",
+                    entity,
+                    what,
+                    seq,
+                    last,
+                    extra={"entity": entity, "reason": reason},
+                )
+
+    def _dead_letter(self, invalid: list[InvalidMessage]) -> None:
+        """Send to the dead-letter topic, count, and log once per reason and second. The sink
+        truncates what would not fit; a send that still fails is the pipeline's failure."""
+        try:
+            self.sink.dead_letter(invalid)
+        except (SinkError, KafkaError) as exc:
+            raise PipelineError(f"dead letters cannot be sent: {type(exc).__name__}: {exc}") from exc
+        self.metrics.dead_letters.inc(len(invalid))
+        for msg in invalid:
+            self.metrics.invalid.labels(msg.reason).inc()
+            # One line per bad message, rate-limited per reason; never a stack trace.
+            if self._first_this_second(msg.reason):
+                logger.warning(
+                    "invalid message %s[%d]@%d: %s %s (to %s; similar ones this second "
+                    "are counted, not logged)",
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    msg.reason,
+                    msg.detail[:200],
+                    self.dead_letter_topic,
+                    extra=_about(msg),
+                )
+
+    def _first_this_second(self, reason: str) -> bool:
+        now = time.monotonic()
+        if now - self._logged_at.get(reason, 0.0) > 1.0:
+            self._logged_at[reason] = now
+            return True
+        return False
+
+
+def _about(msg: InvalidMessage) -> dict[str, object]:
+    """The log fields of a line about one message (``logging.format: json`` shows them)."""
+    entity = msg.key.decode("utf-8", "replace") if msg.key is not None else None
+    return {
+        "entity": entity,
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "reason": msg.reason,
+    }
