@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_infer.backends import Engine, open_engine
 from stream_infer.config import Settings
-from stream_infer.errors import ConfigError, PipelineError
+from stream_infer.errors import ConfigError
 from stream_infer.health import Health, serve_http
 from stream_infer.kafka import Consumer, make_consumer, make_producer
 from stream_infer.kafka.access import denied
@@ -144,13 +144,13 @@ class Service:
             consumer=self.consumer,
             sink=self.sink,
             store=self.store,
-            drain=self.drain,
+            drain=self.worker.drain,
             restore=restorer.restore,
             metrics=self.metrics,
             settings=s,
         )
         rebalancer = Rebalancer(
-            self.consumer, self.checkpointer, restorer, self.drain, self.metrics, self.health
+            self.consumer, self.checkpointer, restorer, self.worker.drain, self.metrics, self.health
         )
         # Everything loaded so far (the engine, the model, the libraries) lives as long as the
         # process: out of the collector's way, so that a full collection no longer walks it
@@ -191,17 +191,14 @@ class Service:
             self.sink,
             self.metrics,
             hand_off=self.worker.submit,
-            drain=self.drain,
+            drain=self.worker.drain,
             dead_letter_topic=s.dead_letter_topic,
         )
 
     def drain(self) -> None:
-        """Wait until the inference thread has run and published every window handed to it.
-        Its failure is the pipeline's, not a record's."""
-        try:
-            self.worker.drain()
-        except Exception as exc:
-            raise PipelineError(f"the inference thread failed: {type(exc).__name__}: {exc}") from exc
+        """Wait until the inference thread has run and published every window handed to it
+        (``InferenceWorker.drain``)."""
+        self.worker.drain()
 
     @property
     def metrics_port(self) -> int | None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from stream_infer.backends.base import Engine
-from stream_infer.errors import EngineError
+from stream_infer.errors import EngineError, PipelineError
 from stream_infer.kafka.access import authorization_cause
 from stream_infer.metrics import Metrics
 from stream_infer.pipeline.batcher import Batcher
@@ -72,15 +72,21 @@ class InferenceWorker(threading.Thread):
             self._q.put(wb)
 
     def drain(self, timeout_s: float | None = None) -> None:
-        """Block until every window submitted so far has been run and published."""
+        """Block until every window submitted so far has been run and published. The
+        thread's failure is the pipeline's, not a record's: raised as ``PipelineError``."""
         b = _Barrier()
         self._q.put(b)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not b.done.wait(0.1):
+        try:
+            while not b.done.wait(0.1):
+                self._check()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("inference did not drain in time")
             self._check()
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError("inference did not drain in time")
-        self._check()
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise PipelineError(f"the inference thread failed: {type(exc).__name__}: {exc}") from exc
 
     def stop(self) -> None:
         self._q.put(_STOP)
