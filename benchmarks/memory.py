@@ -74,7 +74,7 @@ def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
         # The checkpoint's idle expiry, then ingest's admission and windows (pipeline/ingest.py)
         evicted += store.expire_idle(now, ttl_s)
         batch = decoder.decode(cast("list[Record]", recs)).samples
-        evicted += store.make_room(batch.entities)
+        store.admit(batch.entities, batch.partition, now)
         wb, _ = store.push(batch, now)
         # the engine thread's scatter of the new state for every completed window
         h = np.full((LAYERS, len(wb), HIDDEN), 0.5, np.float32)

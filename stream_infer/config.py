@@ -276,8 +276,18 @@ class InputSettings(_Section):
 
 
 class EntitySettings(_Section):
+    # Entities held in memory (slots). More live entities than this are paged out to the disk
+    # tier, least recently seen first, and paged back in when they send again.
     max_entities: int = Field(100_000, ge=1)
     idle_ttl_s: float = Field(3600.0, gt=0)
+    # page: a full memory pages out to the disk tier; refuse_new: no disk tier, a full memory
+    # refuses new entities (dead letters, reason over_capacity). Either way nothing is deleted.
+    on_full: Literal["page", "refuse_new"] = "page"
+    # The disk tier's directory (a local volume; emptied at start: the changelog is the durable
+    # copy). None: a temporary directory, removed at exit.
+    disk_path: Path | None = None
+    # The disk tier's budget; when it is full too, new entities are refused (over_capacity).
+    disk_max_bytes: int = Field(2 * 1024**3, ge=1024**2)
     # A forward jump in seq larger than this resets the entity's window and state.
     max_seq_gap: int = Field(100, ge=1)
     # A backward jump larger than this is a restart (a new segment from zero state); smaller ones

@@ -69,11 +69,12 @@ INVALID_REASONS = (
     "unknown_schema",
     "unsupported_schema",
     "internal_error",
+    "over_capacity",
 )
 DROP_REASONS = ("duplicate_seq", "older_seq", "replayed")  # stream_infer.state.windows.DROPS
 # stream_infer.state.windows.SEGMENTS, then the state a restore could not use
 RESET_REASONS = ("seq_gap", "seq_restart", "seq_outlier", "explicit_reset", "state_not_restorable")
-EVICT_REASONS = ("ttl", "lru")
+EVICT_REASONS = ("ttl",)  # deletion; the slot cap pages out to the disk tier instead
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
 KAFKA_OPS = ("poll", "commit")
 
@@ -192,7 +193,30 @@ class Metrics:
             registry=r,
         )
         self.evicted = Counter(
-            f"{p}_entities_evicted", "Entities evicted (idle TTL or slot cap LRU).", ["reason"], registry=r
+            f"{p}_entities_evicted",
+            "Entities deleted (idle TTL, in memory or on the disk tier), with a changelog tombstone.",
+            ["reason"],
+            registry=r,
+        )
+        self.paged_out = Counter(
+            f"{p}_entities_paged_out",
+            "Entities moved from memory to the disk tier (slot cap) or restored straight to it.",
+            registry=r,
+        )
+        self.paged_in = Counter(
+            f"{p}_entities_paged_in", "Entities moved back from the disk tier into memory.", registry=r
+        )
+        self.thrash = Counter(
+            f"{p}_entities_thrash",
+            "Page-ins of entities paged out less than a minute before: the working set is larger "
+            "than entities.max_entities.",
+            registry=r,
+        )
+        self.refused = Counter(
+            f"{p}_entities_refused",
+            "New entities refused (their samples dead-lettered as over_capacity): memory and the "
+            "disk tier are full, or entities.on_full is refuse_new.",
+            registry=r,
         )
         self.split_polls = Counter(
             f"{p}_split_polls",
@@ -212,7 +236,14 @@ class Metrics:
             f"{p}_kafka_errors", "Kafka client errors survived (retried).", ["op"], registry=r
         )
         # --- gauges ---
-        self.active_entities = Gauge(f"{p}_active_entities", "Entities holding a slot.", registry=r)
+        self.active_entities = Gauge(
+            f"{p}_active_entities", "Entities holding a slot (in memory).", registry=r
+        )
+        self.disk_entities = Gauge(f"{p}_disk_entities", "Entities paged out to the disk tier.", registry=r)
+        self.disk_bytes = Gauge(f"{p}_disk_tier_bytes", "Bytes of the disk tier in use.", registry=r)
+        self.disk_capacity = Gauge(
+            f"{p}_disk_tier_capacity_bytes", "The disk tier's budget (entities.disk_max_bytes).", registry=r
+        )
         self.slot_capacity = Gauge(f"{p}_slot_capacity", "Slots available for entities.", registry=r)
         self.lag = Gauge(
             f"{p}_consumer_lag",
@@ -255,6 +286,10 @@ class Metrics:
         ):
             for v in values:
                 family.labels(v)
+
+    def entities(self, in_memory: int, on_disk: int) -> None:
+        self.active_entities.set(in_memory)
+        self.disk_entities.set(on_disk)
 
     def keep_partitions(self, assigned: set[tuple[str, str]]) -> None:
         """Remove the per-partition series of partitions not in ``assigned`` ((topic, partition)

@@ -47,6 +47,21 @@ class SampleBatch:
             else np.concatenate([b.offset for b in batches if b.offset is not None]),
         )
 
+    def where(self, keep: np.ndarray) -> SampleBatch:
+        """The samples where ``keep`` [N] bool is true, in order."""
+        idx = np.flatnonzero(keep)
+        pos = idx.tolist()
+        return SampleBatch(
+            [self.entities[i] for i in pos],
+            self.seq[idx],
+            self.event_ms[idx],
+            self.values[idx],
+            self.partition[idx],
+            None if self.trace is None else [self.trace[i] for i in pos],
+            None if self.reset is None else self.reset[idx],
+            None if self.offset is None else self.offset[idx],
+        )
+
     def part(self, lo: int, hi: int) -> SampleBatch:
         """Samples ``lo:hi`` (views, no copies)."""
         if lo == 0 and hi == len(self):

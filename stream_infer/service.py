@@ -41,6 +41,7 @@ from stream_infer.pipeline.rebalance import Rebalancer, Restorer
 from stream_infer.pipeline.sink import Sink
 from stream_infer.pipeline.source import Source
 from stream_infer.pipeline.worker import InferenceWorker
+from stream_infer.state.disk import DiskTier
 from stream_infer.state.slab import make_state_slab
 from stream_infer.state.store import EntityStore, ModelShape
 
@@ -170,9 +171,11 @@ class Service:
         self.engine = engine
         ent = s.entities
         slab = make_state_slab(engine.spec.device, ent.max_entities, engine.spec.states)
+        disk = DiskTier(ent.disk_path, ent.disk_max_bytes) if ent.on_full == "page" else None
         self.store = EntityStore(
-            ent.max_entities, self.model_shape, slab, ent.max_seq_gap, ent.max_seq_rewind
+            ent.max_entities, self.model_shape, slab, ent.max_seq_gap, ent.max_seq_rewind, disk
         )
+        self.metrics.disk_capacity.set(ent.disk_max_bytes if disk is not None else 0)
         self.sink = Sink(
             producer,
             s.topics.output,
@@ -299,6 +302,7 @@ class Service:
                     self.consumer.close(autocommit=False)
                     self.sink.close()
                     self.engine.close()
+                    self.store.close()
             finally:
                 timer.cancel()
                 if self._http is not None:

@@ -17,6 +17,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from stream_infer.errors import PipelineError, SinkError
 from stream_infer.kafka.errors import KafkaError
 from stream_infer.kafka.types import ConsumedRecord
@@ -24,7 +26,7 @@ from stream_infer.metrics import Metrics
 from stream_infer.pipeline.decode import Decoder, DecodeResult, internal_error
 from stream_infer.pipeline.sink import Sink
 from stream_infer.records import InvalidMessage, SampleBatch, WindowBatch
-from stream_infer.state.store import EntityStore
+from stream_infer.state.store import ADMITTED, Admission, EntityStore
 from stream_infer.state.windows import DROPS, SEGMENTS, PushStats
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ class Ingest:
         if res.invalid:
             self._dead_letter(res.invalid)
         try:
-            self._window(res.samples)
+            self._window(res.samples, records)
         except PipelineError:
             raise
         except Exception as exc:
@@ -107,16 +109,17 @@ class Ingest:
             res = self.decoder.decode([rec])
             if res.invalid:
                 self._dead_letter(res.invalid)
-            self._window(res.samples)
+            self._window(res.samples, [rec])
         except PipelineError:
             raise
         except Exception as exc:
             self._dead_letter([internal_error(rec, exc)])
 
-    def _window(self, batch: SampleBatch) -> None:
-        """Admit the samples' entities (``EntityStore.make_room``: in parts when one poll holds
+    def _window(self, batch: SampleBatch, records: Sequence[ConsumedRecord]) -> None:
+        """Admit the samples' entities (``EntityStore.admit``: in parts when one poll holds
         more entities than there are slots) and push them into their windows; completed
-        windows go to the inference thread."""
+        windows go to the inference thread. The samples of entities refused for want of room
+        are dead-lettered (``over_capacity``)."""
         if not len(batch):
             return
         m = self.metrics
@@ -126,9 +129,9 @@ class Ingest:
             m.split_polls.inc()
         for lo, hi in parts:
             part = batch.part(lo, hi)
-            if store.shortfall(part.entities):
-                self.drain()
-                m.evicted.labels("lru").inc(store.make_room(part.entities))
+            adm = store.admit(part.entities, part.partition, time.monotonic(), before_free=self.drain)
+            if adm is not ADMITTED:
+                part = self._admitted(part, adm, records)
             wb, st = store.push(part, time.monotonic())
             # Counted once pushed: a poll retried record by record is not counted twice.
             m.events.inc(len(part))
@@ -138,7 +141,46 @@ class Ingest:
                 self.hand_off(wb)
             except Exception as exc:
                 raise PipelineError(f"handing windows to the inference thread failed: {exc}") from exc
-        m.active_entities.set(len(store))
+        m.entities(len(store), store.on_disk)
+
+    def _admitted(self, part: SampleBatch, adm: Admission, records: Sequence[ConsumedRecord]) -> SampleBatch:
+        """Count what admission did; dead-letter the refused entities' records and return the
+        samples of the others."""
+        m = self.metrics
+        if adm.paged_out:
+            m.paged_out.inc(adm.paged_out)
+        if adm.paged_in:
+            m.paged_in.inc(adm.paged_in)
+        if adm.thrash:
+            m.thrash.inc(adm.thrash)
+        if not adm.refused:
+            return part
+        m.refused.inc(len(adm.refused))
+        why = (
+            "the disk tier is full (entities.disk_max_bytes)"
+            if adm.disk_full
+            else "memory is full (entities.max_entities) and entities.on_full is refuse_new"
+        )
+        refused = adm.refused
+        keys = {e.encode() for e in refused}
+        self._dead_letter(
+            [
+                InvalidMessage(
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.key,
+                    r.value,
+                    list(r.headers or ()),
+                    "over_capacity",
+                    f"entity {r.key.decode('utf-8', 'replace')} refused: {why}",  # type: ignore[union-attr]
+                )
+                for r in records
+                if r.key in keys
+            ]
+        )
+        keep = np.fromiter((e not in refused for e in part.entities), bool, len(part))
+        return part.where(keep)
 
     def _count_seq_rules(self, st: PushStats) -> None:
         """Count the sequence rules' drops and new segments per reason; log restarts and

@@ -42,8 +42,8 @@ class Restorer:
         m = self.metrics
         if r.not_restorable:
             m.resets.labels("state_not_restorable").inc(r.not_restorable)
-        if r.evicted:
-            m.evicted.labels("lru").inc(r.evicted)
+        if r.spilled:
+            m.paged_out.inc(r.spilled)
         m.restored.inc(r.restored)
         m.active_entities.set(len(self.store))
         if r.upgraded:

@@ -5,14 +5,16 @@ sliding windows (with the sequence rules), the carried state slab, the dirty mar
 the last checkpoint) and the tombstones (evicted since the last checkpoint), all private. Its
 life cycle, in the order an entity meets it:
 
-* admission: ``parts`` (a poll with more entities than slots is admitted in parts),
-  ``shortfall`` and ``make_room`` (LRU eviction under the slot cap, never an entity of the poll
-  while others can go), then ``push`` (samples into windows; completed windows out);
-* eviction: ``make_room`` (LRU) and ``expire_idle`` (idle TTL), both leaving a tombstone that
-  deletes the changelog record at the next checkpoint;
-* checkpoint: ``snapshot_dirty`` (changelog records of what changed);
-* rebalance: ``drop_partitions`` (revoked or lost: no tombstones, the next owner restores) and
-  ``restore`` (from the changelog's latest records);
+* admission: ``parts`` (a poll with more entities than slots is admitted in parts), ``admit``
+  (entities on the disk tier are paged back in; when slots run short the least recently seen
+  entities are paged out to the disk tier, never one of the poll; when both tiers are full new
+  entities are refused), then ``push`` (samples into windows; completed windows out);
+* expiry: ``expire_idle`` (idle TTL, both tiers) leaves a tombstone that deletes the changelog
+  record at the next checkpoint. Nothing is deleted for memory's sake: paging is not eviction;
+* checkpoint: ``snapshot_dirty`` (changelog records of what changed, in memory or paged out);
+* rebalance: ``drop_partitions`` (revoked or lost, both tiers: no tombstones, the next owner
+  restores) and ``restore`` (from the changelog's latest records; what memory cannot hold goes
+  to the disk tier);
 * exactly-once rewind: ``rewind`` (forget the partitions and what the next checkpoint would
   write; the caller restores them);
 * observation: ``describe`` (one entity's fields, never the tensors), ``__contains__``,
@@ -22,14 +24,16 @@ The service, ``evaluate`` and the benchmarks use this API only.
 
 Threading: the source thread owns the store. The inference thread reads windows it was handed
 and writes the slab rows of the slots in them, so every call that frees or reuses a slot
-(``make_room``, ``expire_idle``, ``drop_partitions``, ``restore``, ``rewind``) and
-``snapshot_dirty`` must run with the inference thread drained: the caller drains first.
+(``expire_idle``, ``drop_partitions``, ``restore``, ``rewind``) and ``snapshot_dirty`` must run
+with the inference thread drained: the caller drains first. ``admit`` calls the ``before_free``
+it is given (the drain) before it pages anything out; paging in only fills free slots, which no
+window in flight uses.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +42,7 @@ from stream_infer.errors import StateError
 from stream_infer.model.contract import StateSpec, lstm_states
 from stream_infer.records import SampleBatch, WindowBatch
 from stream_infer.state import codec as changelog
+from stream_infer.state.disk import DiskFull, DiskTier
 from stream_infer.state.slab import StateSlab
 from stream_infer.state.slots import SlotTable
 from stream_infer.state.windows import PushStats, WindowStore
@@ -45,6 +50,10 @@ from stream_infer.state.windows import PushStats, WindowStore
 logger = logging.getLogger(__name__)
 
 ChangelogRecord = tuple[bytes, bytes | None, int]  # (key, value or None = tombstone, partition)
+
+# An entity paged back in within this long of its page-out counts as thrash: the in-memory cap
+# is below the working set.
+THRASH_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,7 @@ class EntityView:
     """One entity as the store holds it (never its tensors)."""
 
     entity: str
+    tier: str  # "memory" or "disk"
     partition: int
     last_seq: int  # -1: no sample since its segment started
     samples_in_segment: int  # samples since the segment (and its zero state) started
@@ -78,10 +88,24 @@ class EntityView:
 
 
 @dataclass(frozen=True, slots=True)
+class Admission:
+    """What admitting one poll (or part) did beyond assigning free slots."""
+
+    refused: frozenset[str] = frozenset()  # no room in either tier: their samples are refused
+    paged_out: int = 0
+    paged_in: int = 0
+    thrash: int = 0  # of ``paged_in``: paged out less than ``THRASH_S`` ago
+    disk_full: bool = False  # a page-out did not fit the disk tier
+
+
+ADMITTED = Admission()  # every entity admitted, nothing paged or refused
+
+
+@dataclass(frozen=True, slots=True)
 class Restored:
     restored: int
     not_restorable: int  # records of another model version or unreadable: the entity restarts
-    evicted: int  # entities evicted to make room while restoring
+    spilled: int  # of ``restored``: written to the disk tier, memory being full
     upgraded: int = 0  # of ``restored``: written by another model (keep_state_on_upgrade)
 
 
@@ -95,7 +119,10 @@ class EntityStore:
         slab: StateSlab,
         max_seq_gap: int,
         max_seq_rewind: int | None = None,
+        disk: DiskTier | None = None,
     ) -> None:
+        """``disk``: the tier entities are paged out to; without one, a full store refuses new
+        entities (``entities.on_full: refuse_new``)."""
         self.model = model
         self.capacity = capacity
         self._slots = SlotTable(capacity)
@@ -105,12 +132,45 @@ class EntityStore:
         self._slab = slab
         self._dirty = np.zeros(capacity, dtype=bool)  # touched since the last checkpoint
         self._tombstones: dict[str, int] = {}  # entity -> partition, evicted since the last checkpoint
+        self._disk = disk
+        # entity -> partition: paged out while touched since the last checkpoint; the next
+        # snapshot reads their records back from the disk tier
+        self._dirty_on_disk: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._slots)
 
     def __contains__(self, entity: object) -> bool:
-        return isinstance(entity, str) and self._slots.lookup(entity) is not None
+        """Whether the store holds ``entity``, in memory or on the disk tier."""
+        if not isinstance(entity, str):
+            return False
+        return self.in_memory(entity) or self._on_disk(entity) is not None
+
+    def in_memory(self, entity: str) -> bool:
+        return self._slots.lookup(entity) is not None
+
+    @property
+    def on_disk(self) -> int:
+        """Entities paged out to the disk tier."""
+        return len(self._disk) if self._disk is not None else 0
+
+    @property
+    def disk_bytes(self) -> int:
+        return self._disk.bytes_used if self._disk is not None else 0
+
+    def _on_disk(self, entity: str) -> tuple[int, tuple[float, float, bytes]] | None:
+        """(partition, record) of a paged-out entity, looked up in every partition."""
+        if self._disk is None or not len(self._disk):
+            return None
+        for part in self._disk.partitions():
+            (got,) = self._disk.get([(entity, part)])
+            if got is not None:
+                return part, got
+        return None
+
+    def close(self) -> None:
+        if self._disk is not None:
+            self._disk.close()
 
     @property
     def free(self) -> int:
@@ -123,17 +183,26 @@ class EntityStore:
     def describe(self, entity: str, now_s: float) -> EntityView | None:
         """What the store holds of ``entity`` (None when it holds nothing)."""
         s = self._slots.lookup(entity)
-        if s is None:
+        if s is not None:
+            w = self._windows
+            return EntityView(
+                entity,
+                "memory",
+                int(self._slots.partition[s]),
+                int(w.last_seq[s]),
+                int(w.count[s]),
+                int(w.last_event_ms[s]),
+                bool(w.fresh[s]),
+                max(0.0, now_s - float(self._slots.last_seen_s[s])),
+            )
+        found = self._on_disk(entity)
+        if found is None:
             return None
-        w = self._windows
+        part, (seen, _, value) = found
+        m = self.model
+        st = changelog.decode(value, m.model_id, m.window, m.sample_shape, m.states, True)
         return EntityView(
-            entity,
-            int(self._slots.partition[s]),
-            int(w.last_seq[s]),
-            int(w.count[s]),
-            int(w.last_event_ms[s]),
-            bool(w.fresh[s]),
-            max(0.0, now_s - float(self._slots.last_seen_s[s])),
+            entity, "disk", part, st.last_seq, st.count, st.event_ms, st.fresh, max(0.0, now_s - seen)
         )
 
     # --- admission ---
@@ -160,16 +229,103 @@ class EntityStore:
         out.append((lo, len(entities)))
         return out
 
-    def make_room(self, part: list[str]) -> int:
-        """Evict least recently seen entities until ``part``'s entities all fit (drained).
+    def admit(
+        self,
+        entities: list[str],
+        partitions: np.ndarray,
+        now_s: float,
+        before_free: Callable[[], None] = lambda: None,
+    ) -> Admission:
+        """Make ``entities`` [N] (a poll, or one part of it; partitions [N] int32) ready for
+        ``push``: page back in those on the disk tier and give slots to those not held.
 
-        A tenth of the capacity more is evicted, to amortise the caller's drain; never an
-        entity of ``part`` (a whole poll, or one part of a poll with more entities than slots).
-        Returns how many were evicted (0 when ``part`` already fits)."""
-        need = self.shortfall(part)
-        if not need:
+        When slots run short, the least recently seen entities are paged out to the disk tier
+        (a tenth of the capacity more, to amortise the caller's drain), never one of
+        ``entities``; ``before_free`` (the drain) runs first. What neither tier has room for is
+        refused, entities already held (on disk) before new ones: a refused entity's samples
+        must not be pushed. Nothing is deleted: an entity's state is never lost to the cap."""
+        missing = self._slots.missing(entities)
+        if not missing:
+            return ADMITTED
+        part_of = dict(zip(entities, partitions.tolist(), strict=True))
+        found: dict[str, tuple[float, float, bytes]] = {}
+        if self._disk is not None and len(self._disk):
+            got = self._disk.get([(e, part_of[e]) for e in missing])
+            found = {e: g for e, g in zip(missing, got, strict=True) if g is not None}
+        short = len(missing) - self._slots.free
+        paged_out, disk_full = 0, False
+        if short > 0 and self._disk is not None:
+            before_free()
+            keep = set(entities)
+            try:
+                paged_out = self._page_out(short + max(1, self.capacity // 10), keep, now_s)
+            except DiskFull:
+                try:
+                    paged_out = self._page_out(short, keep, now_s)
+                except DiskFull:
+                    disk_full = True
+        room = self._slots.free
+        back = list(found)[:room]
+        fresh = [e for e in missing if e not in found][: room - len(back)]
+        admitted = set(back) | set(fresh)
+        refused = frozenset(e for e in missing if e not in admitted)
+        paged_in, thrash = self._page_in(back, found, part_of, now_s)
+        if not (refused or paged_out or paged_in or disk_full):
+            return ADMITTED
+        return Admission(refused, paged_out, paged_in, thrash, disk_full)
+
+    def _page_out(self, n: int, protect: set[str], now_s: float) -> int:
+        """Move the ``n`` least recently seen entities not in ``protect`` to the disk tier
+        (drained). All or nothing: ``DiskFull`` leaves memory as it was."""
+        assert self._disk is not None
+        keep = np.asarray([s for s in (self._slots.lookup(e) for e in protect) if s is not None], np.int64)
+        slots = self._slots.least_recent(n, keep)
+        if not len(slots):
             return 0
-        return self.evict_lru(need + max(1, self.capacity // 10), part)
+        values = self._encode(slots)
+        ents = [self._slots.entity[s] for s in slots.tolist()]
+        parts = self._slots.partition[slots].tolist()
+        seen = self._slots.last_seen_s[slots].tolist()
+        self._disk.put(
+            (e, p, t, now_s, v)
+            for e, p, t, v in zip(ents, parts, seen, values, strict=True)  # type: ignore[misc]
+        )
+        for e, p, dirty in zip(ents, parts, self._dirty[slots].tolist(), strict=True):
+            if dirty:
+                self._dirty_on_disk[e] = p  # type: ignore[index]
+        self._slots.release(slots)
+        self._clear(slots)
+        return len(slots)
+
+    def _page_in(
+        self,
+        entities: list[str],
+        found: dict[str, tuple[float, float, bytes]],
+        part_of: dict[str, int],
+        now_s: float,
+    ) -> tuple[int, int]:
+        """Load paged-out entities into free slots and delete them from the disk tier."""
+        if not entities:
+            return 0, 0
+        assert self._disk is not None
+        m = self.model
+        thrash = 0
+        for e in entities:
+            _, paged_out_s, value = found[e]
+            s = self._slots.put(e, part_of[e], now_s)
+            try:
+                st = changelog.decode(value, m.model_id, m.window, m.sample_shape, m.states, True)
+            except StateError as exc:  # written by this process: not expected
+                logger.warning("entity %s could not be paged in (%s): it starts afresh", e, exc)
+                self._windows.reset(np.asarray([s]))
+                self._slab.zero(np.asarray([s]))
+            else:
+                self._load(s, st)
+            if self._dirty_on_disk.pop(e, None) is not None:
+                self._dirty[s] = True
+            thrash += now_s - paged_out_s < THRASH_S
+        self._disk.delete((e, part_of[e]) for e in entities)
+        return len(entities), thrash
 
     def push(self, batch: SampleBatch, now_s: float) -> tuple[WindowBatch, PushStats]:
         """Admit the batch's entities (the caller made room: ``shortfall`` is 0) and append their
@@ -195,9 +351,16 @@ class EntityStore:
         keep = [s for s in (self._slots.lookup(e) for e in protect) if s is not None]
         return self._evict(self._slots.least_recent(n, np.asarray(keep, dtype=np.int64)))
 
-    def expire_idle(self, now_s: float, ttl_s: float) -> int:
-        """Evict the entities not seen for ``ttl_s`` seconds; returns how many."""
-        return self._evict(self._slots.idle(now_s, ttl_s))
+    def expire_idle(self, now_s: float, ttl_s: float, max_disk_scan: int = 100_000) -> int:
+        """Delete the entities not seen for ``ttl_s`` seconds, in memory and on the disk tier
+        (there at most ``max_disk_scan`` entries looked at per call); returns how many."""
+        n = self._evict(self._slots.idle(now_s, ttl_s))
+        if self._disk is not None and len(self._disk):
+            for e, p in self._disk.expire(now_s - ttl_s, max_disk_scan):
+                self._tombstones[e] = p
+                self._dirty_on_disk.pop(e, None)
+                n += 1
+        return n
 
     def _evict(self, slots: np.ndarray) -> int:
         """Free ``slots``; a tombstone deletes each entity's changelog record at the next
@@ -223,7 +386,10 @@ class EntityStore:
         self._clear(slots)
         for e in [e for e, p in self._tombstones.items() if p in partitions]:
             del self._tombstones[e]
-        return len(slots)
+        for e in [e for e, p in self._dirty_on_disk.items() if p in partitions]:
+            del self._dirty_on_disk[e]
+        on_disk = self._disk.drop_partitions(partitions) if self._disk is not None else 0
+        return len(slots) + on_disk
 
     def rewind(self, partitions: set[int]) -> None:
         """The exactly-once rewind: forget ``partitions`` and everything the next checkpoint
@@ -231,21 +397,41 @@ class EntityStore:
         self.drop_partitions(partitions)
         self._tombstones.clear()
         self._dirty[:] = False
+        self._dirty_on_disk.clear()
 
     # --- changelog (drained) ---
 
     def snapshot_dirty(self, everything: bool = False) -> list[ChangelogRecord]:
         """Changelog records for everything changed since the last call (``everything``: for
-        every entity held): tombstones for evicted entities, then one state record per touched
-        entity. Clears the marks."""
+        every entity held, in either tier): tombstones for deleted entities, then one state
+        record per touched entity, paged out or not. Clears the marks."""
         out: list[ChangelogRecord] = [(e.encode(), None, p) for e, p in self._tombstones.items()]
         self._tombstones.clear()
+        if self._disk is not None and everything:
+            out.extend((e.encode(), v, p) for e, p, v in self._disk.entries())
+        elif self._dirty_on_disk:
+            keys = list(self._dirty_on_disk.items())
+            for (e, p), got in zip(keys, self._disk.get(keys), strict=True):  # type: ignore[union-attr]
+                if got is not None:
+                    out.append((e.encode(), got[2], p))
+        self._dirty_on_disk.clear()
         slots = self._slots.used() if everything else np.flatnonzero(self._dirty)
         if not len(slots):
             return out
         self._dirty[slots] = False
+        values = self._encode(slots)
+        ents = self._slots.entity
+        parts = self._slots.partition[slots].tolist()
+        out.extend(
+            (ents[s].encode(), v, p)  # type: ignore[union-attr]
+            for s, v, p in zip(slots.tolist(), values, parts, strict=True)
+        )
+        return out
+
+    def _encode(self, slots: np.ndarray) -> list[bytes]:
+        """The changelog values of ``slots`` (also what the disk tier stores)."""
         w = self._windows
-        values = changelog.encode_many(
+        return changelog.encode_many(
             self.model.model_id,
             w.last_seq[slots],
             w.last_event_ms[slots],
@@ -257,22 +443,36 @@ class EntityStore:
             anchor=w.anchor[slots],
             offset=w.last_offset[slots],
         )
-        ents = self._slots.entity
-        parts = self._slots.partition[slots].tolist()
-        out.extend(
-            (ents[s].encode(), v, p)  # type: ignore[union-attr]
-            for s, v, p in zip(slots.tolist(), values, parts, strict=True)
+
+    def _load(self, s: int, st: changelog.EntityState) -> None:
+        """One decoded changelog value into slot ``s``."""
+        w = self._windows
+        w.tail[s] = st.tail
+        w.count[s] = st.count
+        w.last_seq[s] = st.last_seq
+        w.last_event_ms[s] = st.event_ms
+        w.fresh[s] = st.fresh
+        w.anchor[s] = st.anchor
+        w.last_offset[s] = st.offset
+        self._slab.write(
+            np.asarray([s]),
+            *(
+                np.expand_dims(a, spec.batch_axis)
+                for a, spec in zip(st.states, self.model.states, strict=True)
+            ),
         )
-        return out
 
     def restore(self, latest: Mapping[bytes, tuple[int, bytes | None]], now_s: float) -> Restored:
         """Load changelog records (key -> (partition, value); ``None`` is a tombstone).
 
         Records of another model version (unless ``keep_state_on_upgrade`` and the contract is
-        the same), or unreadable ones, are skipped: those entities restart from zero. When the
-        store is full, the least recently seen tenth is evicted."""
+        the same), or unreadable ones, are skipped: those entities restart from zero. What
+        memory cannot hold goes to the disk tier as it is; without a disk tier (or when it is
+        full) the rest stays in the changelog only, and those entities are admitted as new
+        ones when they come back. Nothing is deleted."""
         m = self.model
-        restored = skipped = evicted = upgraded = 0
+        restored = skipped = spilled = upgraded = 0
+        spill: list[tuple[str, int, float, float, bytes]] = []
         for key, (part, value) in latest.items():
             if value is None:
                 continue
@@ -285,22 +485,28 @@ class EntityStore:
                 skipped += 1
                 logger.info("not restoring %s: %s", entity, exc)
                 continue
-            if self._slots.lookup(entity) is None and self._slots.free == 0:
-                evicted += self.evict_lru(max(1, self.capacity // 10))
-            s = self._slots.put(entity, part, now_s)
             self._tombstones.pop(entity, None)
-            w = self._windows
-            w.tail[s] = st.tail
-            w.count[s] = st.count
-            w.last_seq[s] = st.last_seq
-            w.last_event_ms[s] = st.event_ms
-            w.fresh[s] = st.fresh
-            w.anchor[s] = st.anchor
-            w.last_offset[s] = st.offset
-            self._slab.write(
-                np.asarray([s]),
-                *(np.expand_dims(a, spec.batch_axis) for a, spec in zip(st.states, m.states, strict=True)),
-            )
-            restored += 1
             upgraded += st.model_id != m.model_id
-        return Restored(restored, skipped, evicted, upgraded)
+            if self._slots.lookup(entity) is None and self._slots.free == 0:
+                spill.append((entity, part, now_s, float("-inf"), value))
+                continue
+            self._load(self._slots.put(entity, part, now_s), st)
+            restored += 1
+        if spill and self._disk is not None:
+            try:
+                self._disk.put(spill)
+                spilled = len(spill)
+            except DiskFull:
+                logger.warning(
+                    "%d restored entities fit neither memory nor the disk tier: they stay in the "
+                    "changelog and are admitted as new ones if they come back (raise "
+                    "entities.disk_max_bytes)",
+                    len(spill),
+                )
+        elif spill:
+            logger.warning(
+                "%d restored entities do not fit in memory (entities.max_entities) and there is no "
+                "disk tier: they stay in the changelog and are admitted as new ones if they come back",
+                len(spill),
+            )
+        return Restored(restored + spilled, skipped, spilled, upgraded)
