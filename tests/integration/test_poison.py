@@ -175,14 +175,16 @@ def test_a_dead_letter_larger_than_the_dead_letter_topic_takes_lands_truncated(
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
-def test_more_new_entities_in_a_poll_than_free_slots_evict_the_least_recent_not_the_good_ones(
+def test_more_new_entities_in_a_poll_than_free_slots_page_out_the_least_recent_not_the_good_ones(
     kafka_bootstrap, new_topic, artifact, tmp_path: Path, procs, feeders, guarantee
 ):
     """64 slots; 8 good entities stream throughout. Before the restart: a burst of 40 new
     entities (one valid sample each, never a window), then 40 others in one poll - room for
-    them needs the first burst evicted, while the good entities, seen since, keep their state.
-    After the restart and the good streams' end: 72 new entities in one poll (more than all
-    slots: handled in parts), then 4 new good entities, which must start from zero state."""
+    them needs the first burst paged out to the disk tier, while the good entities, seen since,
+    keep their state in memory. After the restart (every entity restored: nothing was deleted,
+    what memory cannot hold goes to the disk tier) and the good streams' end: 72 new entities in
+    one poll (more than all slots: handled in parts), then 4 new good entities, which must start
+    from zero state."""
     cap = 64
     topic = new_topic("slots", partitions=1)  # one partition: each burst is one record batch, one poll
     streams = entity_streams(N_ENTITIES, RECORDINGS, seed=13)
@@ -211,11 +213,12 @@ def test_more_new_entities_in_a_poll_than_free_slots_evict_the_least_recent_not_
         entities={"max_entities": cap},
     )
 
-    def lru_evicted(p: ServiceProcess) -> float:
-        return p.metric('stream_infer_entities_evicted_total{reason="lru"}')
+    def paged_out(p: ServiceProcess) -> float:
+        return p.metric("stream_infer_entities_paged_out_total")
 
     def room_was_made(p1: ServiceProcess) -> None:
-        assert lru_evicted(p1) >= N_ENTITIES + 40 + 40 - cap, p1.log()
+        assert paged_out(p1) >= N_ENTITIES + 40 + 40 - cap, p1.log()
+        assert p1.metric('stream_infer_entities_evicted_total{reason="ttl"}') == 0, p1.log()
 
     p2 = _stop_restart_finish(cfg, tmp_path, procs, feeder, ref, before_stop=room_was_made)
     # The good entities are done: now the burst bigger than all slots, then new good entities.
@@ -226,8 +229,9 @@ def test_more_new_entities_in_a_poll_than_free_slots_evict_the_least_recent_not_
     assert p2.alive(), f"the service exited with code {p2.proc.returncode}:\n{p2.log()}"
     check_delivery(preds, ref, guarantee)
     restored = p2.metric("stream_infer_state_restored_entities_total")
-    assert restored >= N_ENTITIES + 40, p2.log()  # the good ones and the second burst
+    assert restored >= N_ENTITIES + 80, p2.log()  # the good ones and both bursts
     seen = restored + cap + 8 + len(late)  # distinct entities the second process held
-    assert lru_evicted(p2) >= seen - cap, p2.log()
+    assert paged_out(p2) >= seen - cap, p2.log()
+    assert p2.metric("stream_infer_entities_refused_total") == 0, p2.log()
     assert p2.metric("stream_infer_invalid_events_total") == 0
     assert p2.terminate(30) == 0, p2.log()
