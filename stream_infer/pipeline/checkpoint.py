@@ -195,10 +195,12 @@ class Checkpointer:
         t0 = time.perf_counter()
         self.drain()
         s = self.settings
-        evicted = self.store.expire_idle(time.monotonic(), s.entities.idle_ttl_s)
-        if evicted:
-            self.metrics.evicted.labels("ttl").inc(evicted)
-            self.metrics.active_entities.set(len(self.store))
+        store = self.store
+        expired = store.expire_idle(time.monotonic(), s.entities.idle_ttl_s)
+        if expired:
+            self.metrics.evicted.labels("ttl").inc(expired)
+        self.metrics.entities(len(store), store.on_disk)
+        self.metrics.disk_bytes.set(store.disk_bytes)
         if self.eos:
             self.sink.hold()  # from here on, predictions belong to the next transaction
         try:

@@ -45,7 +45,7 @@ class Restorer:
         if r.spilled:
             m.paged_out.inc(r.spilled)
         m.restored.inc(r.restored)
-        m.active_entities.set(len(self.store))
+        m.entities(len(self.store), self.store.on_disk)
         if r.upgraded:
             logger.info(
                 "restored %d entities from state another model wrote (model.keep_state_on_upgrade)",
@@ -56,7 +56,7 @@ class Restorer:
     def drop(self, partitions: set[int]) -> None:
         """Forget the partitions' entities; their changelog records stay for the next owner."""
         self.store.drop_partitions(partitions)
-        self.metrics.active_entities.set(len(self.store))
+        self.metrics.entities(len(self.store), self.store.on_disk)
 
 
 class Rebalancer:

@@ -90,6 +90,12 @@ class FakeStore:
     def __init__(self, log: Log) -> None:
         self.log = log
 
+    on_disk = 0
+    disk_bytes = 0
+
+    def __len__(self) -> int:
+        return 1
+
     def expire_idle(self, now, ttl) -> int:
         return 0
 
