@@ -1,13 +1,19 @@
-"""Memory of the per-entity structures as distinct entities pass through: flat beyond the slot cap.
+"""Memory, disk and speed of the entity store as fleets larger than memory pass through.
 
 Drives the service's real ingest path without a broker - ``Decoder`` (f32 records) ->
-``EntityStore`` (LRU eviction at the cap, idle-TTL eviction on a simulated clock, windows, the
-``NumpyStateSlab`` whose completed windows' rows are written, as the engine thread would) - and reads the process RSS when 10k, 100k and 1M distinct entities have
-been seen. Each scenario runs in a fresh process, so one's memory never hides in another's.
+``EntityStore.admit`` (paging to the LMDB disk tier at the slot cap) -> ``push`` (windows) ->
+the slab rows of completed windows written (as the engine thread would) -> ``snapshot_dirty``
+after every poll (the checkpoint's changelog records) - for fleets of N entities that each send
+one message of one hop (10 samples) per round, in two rounds: the first brings every entity in,
+the second brings every one back (with a 100k cap and N > 100k, each is then paged in, and
+another paged out, to take its window). Each scenario runs in a fresh process, so one's memory
+never hides in another's.
 
-    python -m benchmarks.memory           # prints a table, writes docs/benchmarks/memory.json
+    python -m benchmarks.memory            # 100k in memory, 1M through a 100k cap, idle TTL
+    python -m benchmarks.memory --big      # also 10M through a 100k cap (~15 GB of disk)
 
-Shapes are the BasicMotions model's (W=20, hop 10, 6 channels, 1x64 LSTM state).
+Prints a table and writes docs/benchmarks/memory.json. Shapes are the BasicMotions model's
+(W=20, hop 10, 6 channels, 1x64 LSTM state).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -29,13 +37,14 @@ OUT = ROOT / "docs" / "benchmarks" / "memory.json"
 
 W, HOP, F, LAYERS, HIDDEN = 20, 10, 6, 1, 64
 CAP = 100_000
-CHECKPOINTS = (10_000, 100_000, 1_000_000)
-CHUNK = 10_000  # entities per poll; the simulated clock advances 1 s per poll
+CHUNK = 10_000  # messages (entities) per poll; the simulated clock advances 1 s per poll
 SCENARIOS = {
-    # name: (slot cap, idle TTL in simulated seconds)
-    "cap-lru": (CAP, 1e9),
-    "idle-ttl": (CAP, 5.0),
+    # name: (entities, slot cap, idle TTL in simulated seconds, rounds)
+    "memory-100k": (100_000, CAP, 1e9, 2),
+    "tiers-1M": (1_000_000, CAP, 1e9, 2),
+    "idle-ttl-1M": (1_000_000, CAP, 5.0, 1),
 }
+BIG = {"tiers-10M": (10_000_000, CAP, 1e9, 2)}
 
 
 def rss_mb() -> float:
@@ -43,9 +52,10 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
+def run_scenario(name: str, n: int, cap: int, ttl_s: float, rounds: int, q: Any) -> None:
     from stream_infer.kafka.types import ConsumedRecord as Rec
     from stream_infer.pipeline.decode import Decoder, Record
+    from stream_infer.state.disk import DiskTier
     from stream_infer.state.slab import NumpyStateSlab
     from stream_infer.state.store import EntityStore, ModelShape
 
@@ -55,74 +65,106 @@ def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
     decoder = Decoder("f32", (F,), 4_194_304, 10_000)
     model = ModelShape("bench@1", W, HOP, (F,), (LAYERS, HIDDEN))
     slab = NumpyStateSlab(cap, LAYERS, HIDDEN)  # the inference thread's, in the service
-    store = EntityStore(cap, model, slab, max_seq_gap=100)
+    path = Path(tempfile.mkdtemp(prefix="bench-tier-"))
+    disk = DiskTier(path, 64 * 1024**3)
+    store = EntityStore(cap, model, slab, max_seq_gap=100, disk=disk)
     allocated = rss_mb()
     rng = np.random.default_rng(0)
-    payload = rng.normal(size=(W, F)).astype("<f4").tobytes()  # W samples: one window each
-    headers = [("seq", b"0"), ("ts", b"1700000000000")]
+    payloads = [rng.normal(size=(HOP, F)).astype("<f4").tobytes() for _ in range(16)]
     rows: list[dict[str, Any]] = []
-    seen = 0
     now = 0.0
-    t0 = time.perf_counter()
-    evicted = 0
-    while seen < CHECKPOINTS[-1]:
-        recs = [
-            Rec("in", i % 8, seen + i, 0, f"entity-{seen + i:08d}".encode(), payload, headers)
-            for i in range(CHUNK)
-        ]
-        now += 1.0
-        # The checkpoint's idle expiry, then ingest's admission and windows (pipeline/ingest.py)
-        evicted += store.expire_idle(now, ttl_s)
-        batch = decoder.decode(cast("list[Record]", recs)).samples
-        store.admit(batch.entities, batch.partition, now)
-        wb, _ = store.push(batch, now)
-        # the engine thread's scatter of the new state for every completed window
-        h = np.full((LAYERS, len(wb), HIDDEN), 0.5, np.float32)
-        slab.scatter(wb.slots, h, h)
-        store.snapshot_dirty()  # the checkpoint writes the changelog and clears the marks
-        seen += CHUNK
-        if seen in CHECKPOINTS:
-            rows.append(
-                {
-                    "entities_seen": seen,
-                    "active_entities": len(store),
-                    "evicted": evicted,
-                    "rss_mb": round(rss_mb(), 1),
-                    "structures_mb": round(rss_mb() - base, 1),
-                    "seconds": round(time.perf_counter() - t0, 1),
-                }
-            )
+    offset = 0
+    paged_out = paged_in = refused = expired = 0
+    for rnd in range(rounds):
+        headers = [("seq", str(rnd * HOP).encode()), ("ts", b"1700000000000")]
+        poll_s: list[float] = []
+        t0 = time.perf_counter()
+        for lo in range(0, n, CHUNK):
+            recs = [
+                Rec("in", i % 8, offset + i, 0, f"entity-{lo + i:08d}".encode(), payloads[i % 16], headers)
+                for i in range(min(CHUNK, n - lo))
+            ]
+            offset += len(recs)
+            now += 1.0
+            t = time.perf_counter()
+            # The checkpoint's idle expiry, then ingest's admission and windows (pipeline/ingest.py)
+            expired += store.expire_idle(now, ttl_s)
+            batch = decoder.decode(cast("list[Record]", recs)).samples
+            adm = store.admit(batch.entities, batch.partition, now)
+            paged_out += adm.paged_out
+            paged_in += adm.paged_in
+            refused += len(adm.refused)
+            wb, _ = store.push(batch, now)
+            # the engine thread's scatter of the new state for every completed window
+            h = np.full((LAYERS, len(wb), HIDDEN), 0.5, np.float32)
+            slab.scatter(wb.slots, h, h)
+            store.snapshot_dirty()  # the checkpoint writes the changelog and clears the marks
+            poll_s.append(time.perf_counter() - t)
+        secs = time.perf_counter() - t0
+        rows.append(
+            {
+                "round": rnd + 1,
+                "entities": n,
+                "in_memory": len(store),
+                "on_disk": store.on_disk,
+                "paged_out": paged_out,
+                "paged_in": paged_in,
+                "refused": refused,
+                "expired": expired,
+                "events_per_s": round(n * HOP / secs),
+                "poll_p50_ms": round(float(np.percentile(poll_s, 50)) * 1000, 1),
+                "poll_p99_ms": round(float(np.percentile(poll_s, 99)) * 1000, 1),
+                "us_per_entity": round(secs / n * 1e6, 1),
+                "rss_mb": round(rss_mb(), 1),
+                "structures_mb": round(rss_mb() - base, 1),
+                "disk_mb": round(store.disk_bytes / 2**20, 1),
+                "seconds": round(secs, 1),
+            }
+        )
+    store.close()
+    shutil.rmtree(path, ignore_errors=True)
     q.put(
         {
             "scenario": name,
+            "entities": n,
             "slot_cap": cap,
             "idle_ttl_s": ttl_s if ttl_s < 1e8 else None,
             "rss_start_mb": round(base, 1),
             "rss_after_allocation_mb": round(allocated, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "checkpoints": rows,
+            "rounds": rows,
         }
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
     sys.path.insert(0, str(ROOT))
     ctx = mp.get_context("spawn")
     results = []
-    for name, (cap, ttl) in SCENARIOS.items():
+    scenarios = {**SCENARIOS, **(BIG if "--big" in args else {})}
+    only = [a for a in args if not a.startswith("--")]
+    for name, spec in scenarios.items():
+        if only and name not in only:
+            continue
         q = ctx.Queue()
-        p = ctx.Process(target=run_scenario, args=(name, cap, ttl, q))
+        p = ctx.Process(target=run_scenario, args=(name, *spec, q))
         p.start()
-        results.append(q.get(timeout=600))
+        results.append(q.get(timeout=6 * 3600))
         p.join()
-    print(f"{'scenario':<10} {'seen':>9} {'active':>8} {'evicted':>9} {'RSS MB':>8} {'+MB':>7} {'s':>6}")
+    cols = "scenario       round  entities   memory    disk  paged_out   paged_in  events/s  p50 ms  p99 ms  us/entity  RSS MB  disk MB"
+    print(cols)
     for r in results:
-        for row in r["checkpoints"]:
+        for row in r["rounds"]:
             print(
-                f"{r['scenario']:<10} {row['entities_seen']:>9,} {row['active_entities']:>8,} "
-                f"{row['evicted']:>9,} {row['rss_mb']:>8.1f} {row['structures_mb']:>7.1f} {row['seconds']:>6.1f}"
+                f"{r['scenario']:<14} {row['round']:>5} {row['entities']:>9,} {row['in_memory']:>8,} "
+                f"{row['on_disk']:>7,} {row['paged_out']:>10,} {row['paged_in']:>10,} {row['events_per_s']:>9,} "
+                f"{row['poll_p50_ms']:>7} {row['poll_p99_ms']:>7} {row['us_per_entity']:>10} "
+                f"{row['rss_mb']:>7} {row['disk_mb']:>8}"
             )
-        print(f"{'':<10} peak RSS {r['peak_rss_mb']:.1f} MB (slot cap {r['slot_cap']:,})")
+        print(f"{'':<14} peak RSS {r['peak_rss_mb']:.1f} MB (slot cap {r['slot_cap']:,})")
+    old = json.loads(OUT.read_text())["results"] if OUT.exists() else []
+    merged = {r["scenario"]: r for r in old if "rounds" in r} | {r["scenario"]: r for r in results}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(
         json.dumps(
@@ -133,7 +175,7 @@ def main() -> None:
                 "numpy": np.__version__,
                 "shapes": {"window": W, "hop": HOP, "channels": F, "layers": LAYERS, "hidden": HIDDEN},
                 "entities_per_poll": CHUNK,
-                "results": results,
+                "results": list(merged.values()),
             },
             indent=2,
         )
