@@ -1,7 +1,7 @@
 """Memory, disk and speed of the entity store as fleets larger than memory pass through.
 
 Drives the service's real ingest path without a broker - ``Decoder`` (f32 records) ->
-``EntityStore.admit`` (paging to the LMDB disk tier at the slot cap) -> ``push`` (windows) ->
+``EntityStore.admit`` (paging to the RocksDB disk tier at the slot cap) -> ``push`` (windows) ->
 the slab rows of completed windows written (as the engine thread would) -> ``snapshot_dirty``
 after every poll (the checkpoint's changelog records) - for fleets of N entities that each send
 one message of one hop (10 samples) per round, in two rounds: the first brings every entity in,
