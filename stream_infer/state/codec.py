@@ -173,6 +173,67 @@ def encode_many(
     return [buf[i * width : (i + 1) * width] for i in range(n)]
 
 
+@dataclass(frozen=True, slots=True)
+class StateColumns:
+    """B entities' states decoded at once (``decode_many``), as the store's arrays hold them."""
+
+    last_seq: np.ndarray  # [B] int64
+    event_ms: np.ndarray  # [B] int64
+    count: np.ndarray  # [B] int64
+    fresh: np.ndarray  # [B] bool
+    anchor: np.ndarray  # [B] int64
+    offset: np.ndarray  # [B] int64
+    tail: np.ndarray  # [B, W, *sample_shape] float32
+    states: tuple[np.ndarray, ...]  # each in the graph's layout, batch on its ``batch_axis``
+
+
+def decode_many(
+    values: list[bytes],
+    model_id: str,
+    window: int,
+    sample_shape: tuple[int, ...],
+    states: tuple[StateSpec, ...],
+) -> StateColumns | None:
+    """The inverse of ``encode_many`` for values this version wrote for ``model_id`` (the disk
+    tier's page-ins): one byte matrix, one structured view of the headers, no per-record
+    parsing. None when any value is of another layout, version or model: the caller then
+    decodes them one by one (``decode``), which says what is wrong."""
+    n = len(values)
+    if n == 0:
+        return None
+    fixed = _layout(tuple((window, *sample_shape)), states, FORMAT_VERSION) + model_id.encode()
+    head = _HEAD.size + _ANCHOR.size
+    n_tail = window * int(np.prod(sample_shape))
+    width = head + len(fixed) + 4 * (n_tail + sum(s.size for s in states))
+    if any(len(v) != width for v in values):
+        return None
+    matrix = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(n, width)
+    heads = np.ascontiguousarray(matrix[:, :head]).view(_HEAD_DTYPE).reshape(n)
+    if (
+        (heads["magic"] != MAGIC).any()
+        or (heads["version"] != FORMAT_VERSION).any()
+        or (heads["window"] != window).any()
+        or (matrix[:, head : head + len(fixed)] != np.frombuffer(fixed, np.uint8)).any()
+    ):
+        return None
+    floats = np.ascontiguousarray(matrix[:, head + len(fixed) :]).view("<f4")  # [B, n_tail + states]
+    out, at = [], n_tail
+    for s in states:
+        rows = floats[:, at : at + s.size].reshape(n, *s.shape)
+        out.append(np.ascontiguousarray(np.moveaxis(rows, 0, s.batch_axis)))
+        at += s.size
+    return StateColumns(
+        heads["last_seq"].astype(np.int64),
+        heads["event_ms"].astype(np.int64),
+        heads["count"].astype(np.int64),
+        heads["fresh"].astype(bool),
+        heads["anchor"].astype(np.int64),
+        heads["offset"].astype(np.int64),
+        floats[:, :n_tail].reshape(n, window, *sample_shape),
+        tuple(out),
+    )
+
+
 def _layout(tail_shape: tuple[int, ...], specs: tuple[StateSpec, ...], version: int) -> bytes:
     """What follows the header: the sample dims past W, then the state layout (v1: the LSTM
     pair's (L, Hd); v2: every state's shape)."""

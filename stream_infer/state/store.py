@@ -304,28 +304,41 @@ class EntityStore:
         part_of: dict[str, int],
         now_s: float,
     ) -> tuple[int, int]:
-        """Load paged-out entities into free slots and delete them from the disk tier."""
+        """Load paged-out entities into free slots (decoded in bulk) and delete them from the
+        disk tier."""
         if not entities:
             return 0, 0
         assert self._disk is not None
         m = self.model
-        thrash = 0
-        for e in entities:
-            _, paged_out_s, value = found[e]
-            s = self._slots.put(e, part_of[e], now_s)
-            try:
-                st = changelog.decode(value, m.model_id, m.window, m.sample_shape, m.states, True)
-            except StateError as exc:  # written by this process: not expected
-                logger.warning("entity %s could not be paged in (%s): it starts afresh", e, exc)
-                self._windows.reset(np.asarray([s]))
-                self._slab.zero(np.asarray([s]))
-            else:
-                self._load(s, st)
-            if self._dirty_on_disk.pop(e, None) is not None:
-                self._dirty[s] = True
-            thrash += now_s - paged_out_s < THRASH_S
+        slots = np.asarray([self._slots.put(e, part_of[e], now_s) for e in entities], np.int64)
+        cols = changelog.decode_many(
+            [found[e][2] for e in entities], m.model_id, m.window, m.sample_shape, m.states
+        )
+        if cols is not None:
+            w = self._windows
+            w.tail[slots] = cols.tail
+            w.count[slots] = cols.count
+            w.last_seq[slots] = cols.last_seq
+            w.last_event_ms[slots] = cols.event_ms
+            w.fresh[slots] = cols.fresh
+            w.anchor[slots] = cols.anchor
+            w.last_offset[slots] = cols.offset
+            self._slab.write(slots, *cols.states)
+        else:  # written by another model (a restore with keep_state_on_upgrade): one by one
+            for e, s in zip(entities, slots.tolist(), strict=True):
+                try:
+                    st = changelog.decode(found[e][2], m.model_id, m.window, m.sample_shape, m.states, True)
+                except StateError as exc:  # it was readable when it was written: not expected
+                    logger.warning("entity %s could not be paged in (%s): it starts afresh", e, exc)
+                    self._windows.reset(np.asarray([s]))
+                    self._slab.zero(np.asarray([s]))
+                else:
+                    self._load(s, st)
+        dirty = [i for i, e in enumerate(entities) if self._dirty_on_disk.pop(e, None) is not None]
+        self._dirty[slots[dirty]] = True
+        paged_out_s = np.fromiter((found[e][1] for e in entities), np.float64, len(entities))
         self._disk.delete((e, part_of[e]) for e in entities)
-        return len(entities), thrash
+        return len(entities), int((now_s - paged_out_s < THRASH_S).sum())
 
     def push(self, batch: SampleBatch, now_s: float) -> tuple[WindowBatch, PushStats]:
         """Admit the batch's entities (the caller made room: ``shortfall`` is 0) and append their

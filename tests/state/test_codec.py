@@ -60,3 +60,38 @@ def test_records_built_at_once_equal_the_ones_built_one_by_one(layout, n):
             specs,
         )
         assert many[i] == one
+
+
+def test_decode_many_equals_decode_record_by_record_and_refuses_what_it_cannot_read() -> None:
+    from stream_infer.model.contract import lstm_states
+
+    rng = np.random.default_rng(7)
+    n, w, f = 5, 4, 3
+    specs = lstm_states(2, 8)
+    h = rng.normal(size=(2, n, 8)).astype(np.float32)
+    c = rng.normal(size=(2, n, 8)).astype(np.float32)
+    values = changelog.encode_many(
+        "m@1",
+        np.arange(n, dtype=np.int64) * 7,
+        np.arange(n, dtype=np.int64) + 1000,
+        np.arange(n, dtype=np.int64) + 1,
+        np.asarray([True, False, True, False, False]),
+        rng.normal(size=(n, w, f)).astype(np.float32),
+        h,
+        c,
+        specs=specs,
+        anchor=np.arange(n, dtype=np.int64) - 1,
+        offset=np.arange(n, dtype=np.int64) * 100,
+    )
+    cols = changelog.decode_many(values, "m@1", w, (f,), specs)
+    assert cols is not None
+    for i, v in enumerate(values):
+        one = changelog.decode(v, "m@1", w, (f,), specs)
+        assert (cols.last_seq[i], cols.event_ms[i], cols.count[i]) == (one.last_seq, one.event_ms, one.count)
+        assert (bool(cols.fresh[i]), cols.anchor[i], cols.offset[i]) == (one.fresh, one.anchor, one.offset)
+        np.testing.assert_array_equal(cols.tail[i], one.tail)
+        for batch, single, spec in zip(cols.states, one.states, specs, strict=True):
+            np.testing.assert_array_equal(np.take(batch, i, axis=spec.batch_axis), single)
+    assert changelog.decode_many(values, "m@2", w, (f,), specs) is None  # another model
+    assert changelog.decode_many(values, "m@1", w + 1, (f,), specs) is None  # another window
+    assert changelog.decode_many([*values[:2], values[2][:-4]], "m@1", w, (f,), specs) is None
