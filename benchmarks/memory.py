@@ -70,7 +70,10 @@ def run_scenario(name: str, n: int, cap: int, ttl_s: float, rounds: int, q: Any)
     store = EntityStore(cap, model, slab, max_seq_gap=100, disk=disk)
     allocated = rss_mb()
     rng = np.random.default_rng(0)
-    payloads = [rng.normal(size=(HOP, F)).astype("<f4").tobytes() for _ in range(16)]
+    # Distinct, incompressible values (as sensor noise and trained states are): a pool larger
+    # than the entities of one RocksDB block, and random state rows.
+    pool = 4096
+    payloads = [rng.normal(size=(HOP, F)).astype("<f4").tobytes() for _ in range(pool)]
     rows: list[dict[str, Any]] = []
     now = 0.0
     offset = 0
@@ -81,7 +84,15 @@ def run_scenario(name: str, n: int, cap: int, ttl_s: float, rounds: int, q: Any)
         t0 = time.perf_counter()
         for lo in range(0, n, CHUNK):
             recs = [
-                Rec("in", i % 8, offset + i, 0, f"entity-{lo + i:08d}".encode(), payloads[i % 16], headers)
+                Rec(
+                    "in",
+                    i % 8,
+                    offset + i,
+                    0,
+                    f"entity-{lo + i:08d}".encode(),
+                    payloads[(lo + i) % pool],
+                    headers,
+                )
                 for i in range(min(CHUNK, n - lo))
             ]
             offset += len(recs)
@@ -96,8 +107,8 @@ def run_scenario(name: str, n: int, cap: int, ttl_s: float, rounds: int, q: Any)
             refused += len(adm.refused)
             wb, _ = store.push(batch, now)
             # the engine thread's scatter of the new state for every completed window
-            h = np.full((LAYERS, len(wb), HIDDEN), 0.5, np.float32)
-            slab.scatter(wb.slots, h, h)
+            h = rng.normal(size=(LAYERS, len(wb), HIDDEN)).astype(np.float32)
+            slab.scatter(wb.slots, h, -h)
             store.snapshot_dirty()  # the checkpoint writes the changelog and clears the marks
             poll_s.append(time.perf_counter() - t)
         secs = time.perf_counter() - t0
