@@ -240,6 +240,10 @@ class ModelSettings(_Section):
     artifact: Path = Path("artifacts/basicmotions-cnnlstm")
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     device: str = "cpu"
+    # Where per-entity state lives: auto is host numpy on the CPU and torch tensors on CUDA;
+    # torch keeps torch tensors on the engine's device, the CPU included (backend torch only
+    # there: the torch engine takes tensors; on CUDA every backend does).
+    state_slab: Literal["auto", "numpy", "torch"] = "auto"
     # SHA-256 of the artifact's model.json (`serve --check` prints it): any other card is
     # refused at start, and the card's own file digests then pin every model file.
     card_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
@@ -247,6 +251,17 @@ class ModelSettings(_Section):
     # state contract is this model's: window, sample shape and state shapes (the changelog
     # records them; the hop must match too). Off: such state is dropped and entities restart.
     keep_state_on_upgrade: bool = False
+
+    @model_validator(mode="after")
+    def _check_state_slab(self) -> ModelSettings:
+        cuda = self.device.startswith("cuda")
+        if self.state_slab == "torch" and not cuda and self.backend != "torch":
+            raise ValueError(f"model.state_slab torch on the CPU needs backend torch, not {self.backend}")
+        if self.state_slab == "numpy" and cuda:
+            raise ValueError(
+                f"model.state_slab numpy cannot serve an engine on {self.device}: use auto or torch"
+            )
+        return self
 
 
 class InputSettings(_Section):
