@@ -47,7 +47,10 @@ def _rec(value: bytes, offset: int = 0) -> ConsumedRecord:
 def test_an_unregistered_format_is_refused_in_one_line_naming_the_registered_ones() -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(input={"format": "csv"})
-    assert str(err.value) == "invalid settings: input.format: Input should be 'json', 'f32', 'image' or 'registry'"
+    assert (
+        str(err.value)
+        == "invalid settings: input.format: Input should be 'json', 'f32', 'image' or 'registry'"
+    )
     with pytest.raises(ValueError, match="unknown input format 'csv'"):
         Decoder("csv", (3,))
 
