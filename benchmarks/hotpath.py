@@ -7,7 +7,7 @@ Variants, cumulative in this order:
   before               pure-Python CRC32C in kafka-python, per-message JSON decoding, a murmur2
                        hash per prediction in publish (the code as it was)
   + crc32c             kafka-python's C CRC32C (the ``crc32c`` package installed)
-  + whole-poll decode  ``Decoder._decode_json_fast``
+  + whole-poll decode  ``Decoder._decode_fast`` (the ``json`` format's ``parse_poll``)
   + partition cache    ``Sink`` computes each entity's partition once (= the current code)
 """
 

@@ -535,8 +535,16 @@ def produce(
                 recs = recs.subset(split)
             if not len(recs):
                 raise typer.BadParameter(f"no recordings in split {split!r}", param_hint="--split")
-            if fmt not in ("json", "f32"):
-                raise typer.BadParameter("recordings are sent as json or f32", param_hint="--format")
+            from stream_infer.formats import FORMATS
+
+            spec = FORMATS.get(fmt)
+            if spec is None or spec.encode is None or spec.samples_per_message == 1:
+                sensor = [
+                    n for n, f in FORMATS.items() if f.encode is not None and f.samples_per_message != 1
+                ]
+                raise typer.BadParameter(
+                    f"recordings are sent as {' or '.join(sensor)}", param_hint="--format"
+                )
             streams = sensor_streams(recs.values, recs.labels, entities)
         replayer = Replayer(bootstrap, topic, fmt, samples_per_message, rate or None)  # type: ignore[arg-type]
         n = replayer.run(streams, progress=progress)

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream_infer.errors import ConfigError
@@ -231,6 +240,10 @@ class ModelSettings(_Section):
     artifact: Path = Path("artifacts/basicmotions-cnnlstm")
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     device: str = "cpu"
+    # Where per-entity state lives: auto is host numpy on the CPU and torch tensors on CUDA;
+    # torch keeps torch tensors on the engine's device, the CPU included (backend torch only
+    # there: the torch engine takes tensors; on CUDA every backend does).
+    state_slab: Literal["auto", "numpy", "torch"] = "auto"
     # SHA-256 of the artifact's model.json (`serve --check` prints it): any other card is
     # refused at start, and the card's own file digests then pin every model file.
     card_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
@@ -239,9 +252,21 @@ class ModelSettings(_Section):
     # records them; the hop must match too). Off: such state is dropped and entities restart.
     keep_state_on_upgrade: bool = False
 
+    @model_validator(mode="after")
+    def _check_state_slab(self) -> ModelSettings:
+        cuda = self.device.startswith("cuda")
+        if self.state_slab == "torch" and not cuda and self.backend != "torch":
+            raise ValueError(f"model.state_slab torch on the CPU needs backend torch, not {self.backend}")
+        if self.state_slab == "numpy" and cuda:
+            raise ValueError(
+                f"model.state_slab numpy cannot serve an engine on {self.device}: use auto or torch"
+            )
+        return self
+
 
 class InputSettings(_Section):
-    format: Literal["json", "f32", "image", "registry"] = "json"
+    # A name registered in stream_infer.formats.FORMATS (json, f32, image, registry, ...).
+    format: str = "json"
     max_message_bytes: int = Field(4_194_304, ge=16)
     max_samples_per_message: int = Field(10_000, ge=1)
     # format "registry": Confluent wire format (Avro or JSON Schema), schemas from this registry.
@@ -250,15 +275,33 @@ class InputSettings(_Section):
     schema_registry_password: SecretStr | None = None
     schema_registry_password_file: Path | None = None
 
+    @field_validator("format")
+    @classmethod
+    def _check_format(cls, v: str) -> str:
+        from stream_infer.formats import FORMATS, format_names
+
+        if v not in FORMATS:  # the shape of pydantic's own message for a Literal
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": format_names()}
+            )
+        return v
+
     @model_validator(mode="after")
     def _check_registry(self) -> InputSettings:
-        if self.format == "registry" and not self.schema_registry_url:
-            raise ValueError("input.format registry needs input.schema_registry_url")
+        if self.needs_registry and not self.schema_registry_url:
+            raise ValueError(f"input.format {self.format} needs input.schema_registry_url")
         return self
 
+    @property
+    def needs_registry(self) -> bool:
+        """Whether the format resolves schema ids through a schema registry."""
+        from stream_infer.formats import FORMATS
+
+        return FORMATS[self.format].needs_registry
+
     def schema_registry(self) -> SchemaRegistry | None:
-        """The registry client of format ``registry`` (None for the other formats)."""
-        if self.format != "registry" or not self.schema_registry_url:
+        """The registry client of a format that needs one (None for the other formats)."""
+        if not self.needs_registry or not self.schema_registry_url:
             return None
         from stream_infer.formats.schema_registry import SchemaRegistry
 

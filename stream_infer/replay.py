@@ -8,18 +8,30 @@ event -> publish latency is measured end to end.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import orjson
 from kafka import KafkaProducer
 from tqdm import tqdm
 
-Format = Literal["json", "f32", "image"]
+from stream_infer.formats import FORMATS
+from stream_infer.formats.image import encode_jpeg
+
+Format = str  # a format of ``stream_infer.formats.FORMATS`` that has an ``encode``
+
+__all__ = [
+    "Format",
+    "Replayer",
+    "Stream",
+    "encode_jpeg",
+    "frame_streams",
+    "messages",
+    "payload",
+    "sensor_streams",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +66,6 @@ def frame_streams(clips: Sequence[np.ndarray], n_cameras: int, prefix: str = "ca
     return out
 
 
-def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def messages(
     streams: Sequence[Stream], fmt: Format, samples_per_message: int = 1, first_seq: int = 0
 ) -> Iterator[tuple[bytes, int, Any]]:
@@ -70,7 +74,7 @@ def messages(
     ``first_seq`` offsets every seq, so a later replay of the same entities continues their
     sequences instead of looking like duplicates."""
     longest = max(len(s.values) for s in streams)
-    step = 1 if fmt == "image" else samples_per_message
+    step = FORMATS[fmt].samples_per_message or samples_per_message
     keys = [s.entity.encode() for s in streams]
     for start in range(0, longest, step):
         for key, s in zip(keys, streams, strict=True):
@@ -82,15 +86,10 @@ def payload(
     fmt: Format, seq: int, chunk: np.ndarray, ts_ms: int
 ) -> tuple[bytes, list[tuple[str, bytes]] | None]:
     """(value, headers) of one message holding ``chunk`` (samples from ``seq`` on) in ``fmt``."""
-    if fmt == "json":
-        rows = chunk.tolist()
-        if len(rows) == 1:
-            return orjson.dumps({"seq": seq, "ts": ts_ms, "values": rows[0]}), None
-        return orjson.dumps([{"seq": seq + i, "ts": ts_ms, "values": r} for i, r in enumerate(rows)]), None
-    headers = [("seq", str(seq).encode()), ("ts", str(ts_ms).encode())]
-    if fmt == "f32":
-        return np.ascontiguousarray(chunk, "<f4").tobytes(), headers
-    return encode_jpeg(chunk[0]), headers
+    encode = FORMATS[fmt].encode
+    if encode is None:
+        raise ValueError(f"format {fmt!r} has no encoder: the stand-in producer cannot write it")
+    return encode(seq, chunk, ts_ms)
 
 
 class Replayer:

@@ -170,7 +170,7 @@ class Service:
         s = self.settings
         self.engine = engine
         ent = s.entities
-        slab = make_state_slab(engine.spec.device, ent.max_entities, engine.spec.states)
+        slab = make_state_slab(engine.spec.device, ent.max_entities, engine.spec.states, s.model.state_slab)
         disk = DiskTier(ent.disk_path, ent.disk_max_bytes) if ent.on_full == "page" else None
         self.store = EntityStore(
             ent.max_entities, self.model_shape, slab, ent.max_seq_gap, ent.max_seq_rewind, disk

@@ -1,10 +1,11 @@
-"""Kafka messages -> samples, per input format. Documented in docs/formats.md.
+"""Kafka messages -> samples: the orchestration around the input formats. Documented in
+docs/formats.md.
 
-``json``   value: ``{"seq": int, "ts": ms | ISO-8601, "values": [F numbers]}`` or a list of them.
-``f32``    value: little-endian float32 ``[n, F]``; headers ``seq`` (of the first sample; the
-           others follow it) and ``ts`` (event time, ms, shared by the n samples).
-``image``  value: one JPEG or PNG frame; headers ``seq`` and ``ts``; converted to the model's
-           channels and size, as float32 pixel values 0..255 (the model normalises).
+The formats themselves (``json``, ``f32``, ``image``, ``registry``, ...) are modules of
+``stream_infer.formats``, registered in ``formats.FORMATS``; each parses one message's value
+(and headers) and stacks a poll's values in one numpy conversion. This module does what every
+format shares: keys, sizes, the ``reset`` header, trace headers, dead letters, and the bulk
+decode of a poll.
 
 Every format: a header ``reset`` of ``1``/``true`` (or ``0``/``false``) says the device restarted:
 its message's first sample starts a new segment (window and state from zero); in ``json`` (and
@@ -15,55 +16,59 @@ The key is the entity id (UTF-8). ``ts`` lies in [``TS_MIN_MS``, ``TS_MAX_MS``) 
 ``InvalidMessage`` with a stable reason and never reaches a window. Decoding never raises on any
 input: an unexpected exception while decoding one message dead-letters that message alone as
 ``internal_error`` (the exception in the detail) and the others go on. Good messages of the same
-poll are decoded in bulk: one numpy conversion per poll, not per message; a poll of valid JSON
-messages is parsed in one comprehension and checked column-wise (``Decoder._decode_json_fast``).
+poll are decoded in bulk: one numpy conversion per poll, not per message; a format with a
+``parse_poll`` (``json``) parses a poll of common messages in one go and checks it column-wise
+(``Decoder._decode_fast``).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from itertools import chain
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import orjson
 
 from stream_infer.errors import DecodeError, PipelineError
-from stream_infer.formats import schema_registry as registry
+from stream_infer.formats import FORMATS, Format, get_format
+from stream_infer.formats.base import (
+    SEQ_MAX,
+    TS_MAX_MS,
+    TS_MIN_MS,
+    Parsed,
+    Record,
+    describe,
+    headers_of,
+)
+from stream_infer.formats.image import MAX_IMAGE_PIXELS
 from stream_infer.formats.schema_registry import SchemaRegistry
-from stream_infer.kafka.types import ConsumedRecord
 from stream_infer.metrics import INVALID_REASONS
 from stream_infer.records import InvalidMessage, SampleBatch
 
 logger = logging.getLogger(__name__)
 
-Format = Literal["json", "f32", "image", "registry"]
+FormatName = str  # a key of ``stream_infer.formats.FORMATS``
 
 REASONS = INVALID_REASONS  # the stable reason labels a DecodeError carries
-# What one message's parse gives: seqs, event times, values, and reset flags (None: none set)
-Parsed = tuple[list[int], list[int], Any, list[bool] | None]
 
-TS_MIN_MS = 0  # 1970-01-01T00:00:00Z, inclusive
-TS_MAX_MS = 7_258_118_400_000  # 2200-01-01T00:00:00Z, exclusive
-SEQ_MAX = 2**62  # exclusive: seq lies in [0, SEQ_MAX)
-# A frame is decoded whole before it is resized: a small file of huge dimensions would take
-# hundreds of MB. 4096 x 4096 is far beyond any frame model's input.
-MAX_IMAGE_PIXELS = 4096 * 4096
-
-_NUMBER_TYPES = frozenset({int, float})
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MS = timedelta(milliseconds=1)
-_TS_MAX_CHARS = 64  # longer ts text is rejected before any parsing (ISO-8601 needs ~35)
-_INT_MAX_DIGITS = 20  # longer digit strings are out of range for ts and seq; bounds int()
-_DETAIL_MAX_CHARS = 200
-
-
-Record = ConsumedRecord  # the fields of a consumed record that decoding uses
+__all__ = [
+    "FORMATS",
+    "MAX_IMAGE_PIXELS",
+    "REASONS",
+    "SEQ_MAX",
+    "TS_MAX_MS",
+    "TS_MIN_MS",
+    "DecodeResult",
+    "Decoder",
+    "Format",
+    "FormatName",
+    "Parsed",
+    "Record",
+    "internal_error",
+    "message_traces",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,32 +80,38 @@ class DecodeResult:
 
 @dataclass(frozen=True)
 class Decoder:
-    """Decodes a poll's records for one model's sample shape."""
+    """Decodes a poll's records for one model's sample shape, in one registered format."""
 
-    format: Format
+    format: FormatName
     sample_shape: tuple[int, ...]  # [F] or [C, H, W]
     max_message_bytes: int = 4_194_304
     max_samples_per_message: int = 10_000
-    registry: SchemaRegistry | None = None  # format "registry": where schema ids are resolved
+    registry: SchemaRegistry | None = None  # formats that need_registry: where schema ids are resolved
+    fmt: Format = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fmt", get_format(self.format))
 
     def decode(self, records: Sequence[Record]) -> DecodeResult:
         """Never raises on any input: every record ends up either in ``samples`` or, once, in
         ``invalid`` with a reason from ``REASONS``, whatever else the poll holds."""
-        if self.format == "json" and records:
+        if self.fmt.parse_poll is not None and records:
             try:
-                fast = self._decode_json_fast(records)
+                fast = self._decode_fast(records)
             except Exception:  # off the common path in a way not foreseen: decode per message
                 fast = None
             if fast is not None:
                 return fast
         return self._decode_each(records)
 
-    def _decode_json_fast(self, records: Sequence[Record]) -> DecodeResult | None:
-        """A whole poll of JSON messages at once: list-comprehension parsing and column-wise
-        checks, no per-message function calls or exception frames. Returns ``None`` as soon as anything is off the common path (a bad
-        or missing key, an invalid document, an ISO or missing ``ts``, ...); the per-message path
-        then decodes the poll and gives each bad message its exact reason."""
-        f = self.sample_shape[0]
+    def _decode_fast(self, records: Sequence[Record]) -> DecodeResult | None:
+        """A whole poll at once through the format's ``parse_poll``: keys, sizes and headers
+        checked column-wise, no per-message function calls or exception frames. Returns ``None``
+        as soon as anything is off the common path (a bad or missing key, a ``reset`` header, or
+        whatever the format's ``parse_poll`` refuses); the per-message path then decodes the poll
+        and gives each bad message its exact reason."""
+        parse_poll = self.fmt.parse_poll
+        assert parse_poll is not None
         try:
             keys = [r.key for r in records]
             if not all(keys):
@@ -109,68 +120,32 @@ class Decoder:
             values = [r.value for r in records]
             if max(map(len, values)) > self.max_message_bytes:  # type: ignore[arg-type]
                 return None
-            # One loads per message, never over joined values: a value holding two documents
-            # and another holding half of one would re-pair documents with the wrong records.
-            loads = orjson.loads
-            docs = [loads(v) for v in values]  # type: ignore[arg-type]
-        except (UnicodeDecodeError, TypeError, orjson.JSONDecodeError):
+        except (UnicodeDecodeError, TypeError):
             return None
-        doc_types = set(map(type, docs))
-        counts: list[int] | None = None
-        if doc_types == {dict}:
-            items = docs
-        elif doc_types <= {dict, list}:
-            counts = [len(d) if type(d) is list else 1 for d in docs]
-            if min(counts) == 0 or max(counts) > self.max_samples_per_message:
-                return None
-            items = [it for d in docs for it in (d if type(d) is list else (d,))]
-            if set(map(type, items)) != {dict}:
-                return None
-        else:
-            return None
-        if any("reset" in it for it in items) or _has_reset_header(records):
+        if _has_reset_header(records):
             return None  # rare: the per-message path reads and checks reset flags
-        seqs = [it.get("seq") for it in items]
-        times = [it.get("ts") for it in items]
-        vals = [it.get("values") for it in items]
-        if set(map(type, vals)) != {list} or set(map(len, vals)) != {f}:
+        bulk = parse_poll(self, values)  # type: ignore[arg-type]
+        if bulk is None:
             return None
-        value_types = set(map(type, chain.from_iterable(vals)))
-        if not value_types <= _NUMBER_TYPES:
-            return None
-        if set(map(type, seqs)) != {int} or not set(map(type, times)) <= _NUMBER_TYPES:
-            return None
-        try:
-            seq = np.asarray(seqs, dtype=np.int64)
-            ts = np.asarray(times, dtype=np.float64)
-        except OverflowError:
-            return None
-        if seq.min() < 0 or seq.max() >= SEQ_MAX or not (ts.min() >= TS_MIN_MS and ts.max() < TS_MAX_MS):
-            return None  # NaN fails the ts test too
-        event_ms = (
-            np.asarray(times, dtype=np.int64) if float not in set(map(type, times)) else ts.astype(np.int64)
-        )
         parts = np.fromiter((r.partition for r in records), dtype=np.int32, count=len(records))
         offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
-        with np.errstate(over="ignore"):  # overflow becomes inf: rejected as non_finite below
-            if value_types == {float}:  # Python floats are doubles: through float64 is exact, and faster
-                flat = np.fromiter(chain.from_iterable(vals), dtype=np.float64, count=len(vals) * f)
-                arr = flat.astype(np.float32).reshape(-1, *self.sample_shape)
-            else:  # ints convert straight to float32 (no double rounding; huge ones become inf)
-                arr = np.asarray(vals, dtype=np.float32).reshape(-1, *self.sample_shape)
+        counts = bulk.counts
         if counts is not None:
             rep = np.asarray(counts)
             parts = np.repeat(parts, rep)
             offs = np.repeat(offs, rep)
             ents = [e for e, n in zip(ents, counts, strict=True) for _ in range(n)]
-        finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-        if not finite.all():
-            return None
         trace = message_traces(records)
         if trace is not None and counts is not None:
             trace = [t for t, n in zip(trace, counts, strict=True) for _ in range(n)]
         batch = SampleBatch(
-            entities=ents, seq=seq, event_ms=event_ms, values=arr, partition=parts, trace=trace, offset=offs
+            entities=ents,
+            seq=bulk.seq,
+            event_ms=bulk.event_ms,
+            values=bulk.values,
+            partition=parts,
+            trace=trace,
+            offset=offs,
         )
         return DecodeResult(batch, [], len(records))
 
@@ -184,12 +159,7 @@ class Decoder:
         resets: list[bool] = []  # per sample: a new segment starts here
         accepted: list[Record] = []
         invalid: list[InvalidMessage] = []
-        parse = {
-            "json": self._parse_json,
-            "f32": self._parse_f32,
-            "image": self._parse_image,
-            "registry": self._parse_registry,
-        }[self.format]
+        parse = self.fmt.parse
         for rec in records:
             try:
                 entity = _entity(rec)
@@ -197,7 +167,7 @@ class Decoder:
                     raise DecodeError("undecodable", "empty value (tombstone)")
                 if len(rec.value) > self.max_message_bytes:
                     raise DecodeError("oversized", f"{len(rec.value)} bytes > {self.max_message_bytes}")
-                s, t, v, r = parse(rec)
+                s, t, v, r = parse(self, rec)
                 n = len(s)
                 if len(t) != n:
                     raise ValueError(f"{n} seqs but {len(t)} event times")
@@ -257,109 +227,13 @@ class Decoder:
         )
         return DecodeResult(batch, invalid, len(records))
 
-    # --- per format: (seqs, event times, values, reset flags or None) of one message; raise
-    # DecodeError ---
-
-    def _parse_json(self, rec: Record) -> Parsed:
-        try:
-            doc = orjson.loads(rec.value)  # type: ignore[arg-type]
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError("undecodable", f"not JSON: {exc}") from None
-        return self._samples_of(doc, rec)
-
-    def _parse_registry(self, rec: Record) -> Parsed:
-        """A schema-registry wire-format value (Avro or JSON): the same document rules as json."""
-        assert self.registry is not None, "format registry needs a SchemaRegistry"
-        schema_id, payload = registry.split_wire(rec.value or b"")
-        doc = registry.decode_value(self.registry.get(schema_id), payload)
-        return self._samples_of(doc, rec)
-
-    def _samples_of(self, doc: Any, rec: Record) -> Parsed:
-        """(seqs, event times, values, resets) of a decoded document: one sample object or a
-        list."""
-        items = doc if isinstance(doc, list) else [doc]
-        if not items:
-            raise DecodeError("wrong_shape", "empty sample list")
-        if len(items) > self.max_samples_per_message:
-            raise DecodeError("too_many_samples", f"{len(items)} samples > {self.max_samples_per_message}")
-        f = self.sample_shape[0]
-        seqs, times, vals, resets = [], [], [], []
-        for it in items:
-            if not isinstance(it, dict):
-                raise DecodeError("wrong_shape", "each sample must be an object with seq and values")
-            v = it.get("values")
-            if not isinstance(v, list) or len(v) != f:
-                raise DecodeError("wrong_shape", f"values must be a list of {f} numbers")
-            if not all(type(x) in (int, float) for x in v):
-                raise DecodeError("wrong_dtype", "values must be numbers")
-            seqs.append(_seq(it.get("seq")))
-            times.append(_ts(it.get("ts"), rec.timestamp))
-            vals.append(v)
-            reset = it.get("reset", False)
-            if type(reset) is not bool and reset is not None:
-                raise DecodeError("bad_reset", f"reset must be true or false, got {reset!r:.40}")
-            resets.append(bool(reset))
-        return seqs, times, vals, resets if any(resets) else None
-
-    def _parse_f32(self, rec: Record) -> Parsed:
-        value = rec.value or b""
-        row = 4 * int(np.prod(self.sample_shape))
-        if len(value) == 0 or len(value) % row:
-            raise DecodeError("wrong_shape", f"{len(value)} bytes is not a multiple of {row} (F float32)")
-        n = len(value) // row
-        if n > self.max_samples_per_message:
-            raise DecodeError("too_many_samples", f"{n} samples > {self.max_samples_per_message}")
-        h = _headers(rec)
-        first = _seq(_header_int(h, "seq"))
-        _seq(first + n - 1)  # the last sample's seq must be in range too
-        ts = _ts(h.get("ts"), rec.timestamp)
-        return list(range(first, first + n)), [ts] * n, value, None
-
-    def _parse_image(self, rec: Record) -> Parsed:
-        from PIL import Image, UnidentifiedImageError
-
-        c, hgt, wid = self.sample_shape
-        h = _headers(rec)
-        seq = _seq(_header_int(h, "seq"))
-        ts = _ts(h.get("ts"), rec.timestamp)
-        try:
-            with Image.open(io.BytesIO(rec.value or b"")) as src:
-                if src.format not in ("JPEG", "PNG"):
-                    raise DecodeError("bad_image", f"format {src.format} is not JPEG or PNG")
-                if src.width * src.height > MAX_IMAGE_PIXELS:  # checked before any pixel is decoded
-                    raise DecodeError(
-                        "bad_image",
-                        f"{src.width}x{src.height} pixels > {MAX_IMAGE_PIXELS} (decompression bomb?)",
-                    )
-                img = src.convert("L" if c == 1 else "RGB")
-                if img.size != (wid, hgt):
-                    img = img.resize((wid, hgt), Image.Resampling.BILINEAR)
-                a = np.asarray(img, dtype=np.float32)
-        except DecodeError:
-            raise
-        except UnidentifiedImageError:  # its message names a buffer's address: not stable
-            raise DecodeError("bad_image", "not an image Pillow can identify") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DecodeError("bad_image", str(exc)) from None
-        except Exception as exc:  # Pillow's decoders raise more (SyntaxError, EOFError, ...) on bad bytes
-            raise DecodeError("bad_image", _describe(exc)) from None
-        a = a[None] if c == 1 else a.transpose(2, 0, 1)
-        return [seq], [ts], a[None], None
-
     def _stack(self, values: list[Any], counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """All accepted messages' values as one [N, *sample_shape] float32 array, and a
         per-message flag for non-finite values."""
         shape = self.sample_shape
         if not values:
             return np.empty((0, *shape), np.float32), np.zeros(0, bool)
-        if self.format == "json":
-            flat = [row for msg in values for row in msg]
-            with np.errstate(over="ignore"):  # overflow becomes inf: rejected as non_finite below
-                arr = np.asarray(flat, dtype=np.float32).reshape(-1, *shape)
-        elif self.format == "f32":
-            arr = np.frombuffer(b"".join(values), dtype="<f4").reshape(-1, *shape)
-        else:
-            arr = np.concatenate(values).astype(np.float32, copy=False)
+        arr = self.fmt.stack(values, shape)
         finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
         if finite.all():
             return arr, np.zeros(len(counts), bool)
@@ -427,7 +301,7 @@ def _has_reset_header(records: Sequence[Record]) -> bool:
 
 def _header_reset(rec: Record) -> bool:
     """The ``reset`` header: a new segment starts at the message's first sample."""
-    raw = _headers(rec).get("reset") if rec.headers else None
+    raw = headers_of(rec).get("reset") if rec.headers else None
     if raw is None:
         return False
     flag = raw.strip().lower() if isinstance(raw, bytes) else raw
@@ -438,70 +312,10 @@ def _header_reset(rec: Record) -> bool:
     raise DecodeError("bad_reset", f"header 'reset' must be 1, true, 0 or false, got {raw!r:.40}")
 
 
-def _headers(rec: Record) -> dict[str, bytes]:
-    return {k: v for k, v in (rec.headers or ())}
-
-
-def _header_int(h: dict[str, bytes], name: str) -> int:
-    """A header holding a non-negative integer as ASCII digits (no sign, space or ``_``)."""
-    raw = h.get(name)
-    if raw is None:
-        raise DecodeError("bad_seq", f"missing header {name!r}")
-    if not isinstance(raw, bytes) or not raw.isdigit():
-        raise DecodeError("bad_seq", f"header {name!r} is not ASCII digits: {raw!r:.40}")
-    if len(raw) > _INT_MAX_DIGITS:
-        raise DecodeError("bad_seq", f"header {name!r} is out of range: {len(raw)} digits")
-    return int(raw)
-
-
-def _seq(v: Any) -> int:
-    if type(v) is not int or v < 0 or v >= SEQ_MAX:
-        raise DecodeError("bad_seq", f"seq must be an integer in [0, 2**62), got {v!r:.40}")
-    return v
-
-
-def _ts(v: Any, fallback_ms: int) -> int:
-    """Event time in ms since the epoch, in [TS_MIN_MS, TS_MAX_MS): a number (ms), ASCII digits
-    (ms), ISO-8601 text (naive is UTC), or absent (``fallback_ms``, the record time, unchecked)."""
-    if v is None:
-        return int(fallback_ms)
-    if isinstance(v, bytes):
-        v = v.decode("ascii", "replace")
-    if isinstance(v, bool):
-        raise DecodeError("bad_timestamp", "ts must be ms since the epoch or ISO-8601")
-    if isinstance(v, int | float):
-        if not TS_MIN_MS <= v < TS_MAX_MS:  # NaN fails too
-            raise DecodeError("bad_timestamp", f"ts {v!r:.40} out of range")
-        return int(v)
-    if not isinstance(v, str):
-        raise DecodeError("bad_timestamp", f"ts has type {type(v).__name__}")
-    if len(v) > _TS_MAX_CHARS:
-        raise DecodeError("bad_timestamp", f"ts text of {len(v)} characters")
-    if v.isascii() and v.isdigit():
-        if len(v) > _INT_MAX_DIGITS:
-            raise DecodeError("bad_timestamp", f"ts {v!r:.40} out of range")
-        ms = int(v)
-    else:
-        try:
-            dt = datetime.fromisoformat(v)
-            if dt.tzinfo is None:  # naive times are UTC, never the host's zone
-                dt = dt.replace(tzinfo=timezone.utc)
-            ms = (dt - _EPOCH) // _MS  # exact integer ms, no float rounding
-        except (ValueError, OverflowError, OSError):
-            raise DecodeError("bad_timestamp", f"cannot parse ts {v!r:.40}") from None
-    if not TS_MIN_MS <= ms < TS_MAX_MS:
-        raise DecodeError("bad_timestamp", f"ts {v!r:.40} out of range")
-    return ms
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:_DETAIL_MAX_CHARS]
-
-
 def _internal(rec: Record, exc: Exception) -> DecodeError:
     """An unexpected exception while decoding ``rec``, as the reason its dead letter carries."""
     logger.debug("internal error decoding %s[%s]@%s", rec.topic, rec.partition, rec.offset, exc_info=exc)
-    return DecodeError("internal_error", _describe(exc))
+    return DecodeError("internal_error", describe(exc))
 
 
 def internal_error(rec: Record, exc: Exception) -> InvalidMessage:

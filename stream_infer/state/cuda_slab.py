@@ -1,12 +1,16 @@
-"""Per-entity carried state kept on the GPU for CUDA engines (same methods as ``NumpyStateSlab``).
+"""Per-entity carried state in torch tensors on the engine's device (same methods as
+``NumpyStateSlab``): the GPU for CUDA engines, or the CPU (``model.state_slab: torch`` with
+``backend: torch``, and the tests that check this path on machines without a GPU).
 
 One batch-first ``[S, *shape]`` float32 torch tensor per state; a step gathers rows by slot with
 ``index_select`` (then moves the batch axis where the graph takes it) and scatters them back
-with ``index_copy_``, so state never crosses PCIe on the hot path. Only snapshots (``read``) and
-restores (``write``) touch the host.
+with ``index_copy_``, so on a GPU state never crosses PCIe on the hot path. Only snapshots
+(``read``) and restores (``write``) touch the host.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +18,7 @@ import torch
 from stream_infer.model.contract import StateSpec, lstm_states
 
 
-class CudaStateSlab:
+class TorchStateSlab:
     def __init__(
         self,
         device: str,
@@ -43,10 +47,12 @@ class CudaStateSlab:
             for slab, s in zip(self.slabs, self.states, strict=True)
         )
 
-    def scatter(self, slots: np.ndarray, *values: torch.Tensor) -> None:
+    def scatter(self, slots: np.ndarray, *values: Any) -> None:
+        """``values``: torch tensors (any device) or numpy arrays, in the graph's layout."""
         idx = self._index(slots)
         for slab, s, v in zip(self.slabs, self.states, values, strict=True):
-            slab.index_copy_(0, idx, v.to(self.device, torch.float32).movedim(s.batch_axis, 0))
+            t = _tensor(v).to(self.device, torch.float32)
+            slab.index_copy_(0, idx, t.movedim(s.batch_axis, 0))
 
     def zero(self, slots: np.ndarray) -> None:
         idx = self._index(slots)
@@ -57,4 +63,14 @@ class CudaStateSlab:
         return tuple(t.cpu().numpy() for t in self.gather(slots))
 
     def write(self, slots: np.ndarray, *values: np.ndarray) -> None:
-        self.scatter(slots, *(torch.from_numpy(np.asarray(v, dtype=np.float32)) for v in values))
+        self.scatter(slots, *values)
+
+
+def _tensor(v: Any) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v
+    # a read-only array (a decoded changelog record) is copied: torch wants writable memory
+    return torch.from_numpy(np.require(v, np.float32, "W"))
+
+
+CudaStateSlab = TorchStateSlab  # its name when it served CUDA engines only

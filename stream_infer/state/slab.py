@@ -5,7 +5,8 @@ batch-first, ``[S, *shape]`` (S = slot capacity). The batch of a step is gathere
 slot before the engine call, with the batch axis moved to where the graph takes it (``[L, B, Hd]``
 for an LSTM's h and c), and scattered back after, so the engine itself never holds per-entity
 data. The numpy store serves CPU engines; CUDA engines use the torch store in
-``stream_infer.state.cuda_slab`` with the same methods, keeping the slabs on the GPU.
+``stream_infer.state.cuda_slab`` with the same methods, keeping the slabs on the GPU (it runs
+on the CPU too, for a torch engine there: ``model.state_slab: torch``).
 
 Thread-safety: owned by the engine thread; other threads touch it only while the pipeline is
 drained (at a checkpoint or rebalance).
@@ -13,7 +14,7 @@ drained (at a checkpoint or rebalance).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -81,10 +82,19 @@ class NumpyStateSlab:
         self.scatter(slots, *values)
 
 
-def make_state_slab(device: str, capacity: int, states: tuple[StateSpec, ...]) -> StateSlab:
-    """The slab that matches an engine's device: host numpy for "cpu", torch on "cuda:N"."""
-    if device.startswith("cuda"):
-        from stream_infer.state.cuda_slab import CudaStateSlab
+SlabKind = Literal["auto", "numpy", "torch"]
 
-        return CudaStateSlab(device, capacity, states=states)
+
+def make_state_slab(
+    device: str, capacity: int, states: tuple[StateSpec, ...], kind: SlabKind = "auto"
+) -> StateSlab:
+    """The slab that matches an engine's device: ``auto`` is host numpy for "cpu" and torch on
+    "cuda:N"; ``torch`` keeps torch tensors on ``device`` whatever it is (a torch engine on the
+    CPU); ``numpy`` host arrays (CPU engines only)."""
+    if kind == "torch" or (kind == "auto" and device.startswith("cuda")):
+        from stream_infer.state.cuda_slab import TorchStateSlab
+
+        return TorchStateSlab(device, capacity, states=states)
+    if device.startswith("cuda"):
+        raise ValueError(f"a numpy state slab cannot serve an engine on {device}")
     return NumpyStateSlab(capacity, states=states)

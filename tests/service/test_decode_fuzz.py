@@ -7,6 +7,7 @@ and ``nightly`` (ten times as many, random). ``make test-fuzz`` runs the nightly
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
+from stream_infer.formats import FORMATS
 from stream_infer.metrics import INVALID_REASONS
 from stream_infer.pipeline.decode import SEQ_MAX, TS_MAX_MS, TS_MIN_MS, Decoder, DecodeResult
 
@@ -504,7 +506,7 @@ def test_json_polls_of_good_records_decode_to_what_was_sent_on_the_fast_path(sen
     got = _check(JSON, sent)
     assert all(o[0] == "ok" for o in got.values())
     if all(s.want is not None and s.want.fast for s in sent):
-        assert JSON._decode_json_fast(_records(sent)) is not None
+        assert JSON._decode_fast(_records(sent)) is not None
 
 
 @FUZZ
@@ -635,15 +637,15 @@ def test_negative_or_huge_json_seq_is_bad_seq(seq):
 
 
 def test_an_unexpected_exception_dead_letters_that_message_alone_as_internal_error(monkeypatch):
-    d = Decoder("json", (F,))
-    parse = Decoder._parse_json
+    parse = FORMATS["json"].parse
 
     def flaky(self, r):
         if r.offset == 9:
             raise RuntimeError("boom " + "x" * 500)
         return parse(self, r)
 
-    monkeypatch.setattr(Decoder, "_parse_json", flaky)
+    monkeypatch.setitem(FORMATS, "json", dataclasses.replace(FORMATS["json"], parse=flaky))
+    d = Decoder("json", (F,))
     iso = rec(b'{"seq": 1, "ts": "1970-01-01T00:00:01", "values": [1, 2, 3]}')  # off the fast path
     res = d.decode([iso, rec(JSON_GOOD.value, offset=9)])
     assert [(m.offset, m.reason) for m in res.invalid] == [(9, "internal_error")]
@@ -658,7 +660,7 @@ def test_a_failing_fast_path_falls_back_to_the_per_message_path(monkeypatch):
     def broken(self, records):
         raise MemoryError("no")
 
-    monkeypatch.setattr(Decoder, "_decode_json_fast", broken)
+    monkeypatch.setattr(Decoder, "_decode_fast", broken)
     res = d.decode([JSON_GOOD, rec(b"{", offset=1)])
     assert res.samples.seq.tolist() == [1]
     assert [m.reason for m in res.invalid] == ["undecodable"]
