@@ -57,6 +57,7 @@ class Ingest:
         self.drain = drain
         self.dead_letter_topic = dead_letter_topic
         self._logged_at: dict[str, float] = {}  # reason -> when a line about it was last logged
+        self._refused_this_poll: set[str] = set()  # counted once per poll, however many parts
 
     def __call__(self, records: Sequence[ConsumedRecord]) -> None:
         """Decode, dead-letter the bad, window the good and hand completed windows on."""
@@ -124,6 +125,7 @@ class Ingest:
             return
         m = self.metrics
         store = self.store
+        self._refused_this_poll.clear()
         parts = store.parts(batch.entities)
         if len(parts) > 1:
             m.split_polls.inc()
@@ -155,14 +157,20 @@ class Ingest:
             m.thrash.inc(adm.thrash)
         if not adm.refused:
             return part
-        m.refused.inc(len(adm.refused))
+        refused = adm.refused
+        m.refused.inc(len(refused - self._refused_this_poll))
+        self._refused_this_poll |= refused
         why = (
             "the disk tier is full (entities.disk_max_bytes)"
             if adm.disk_full
             else "memory is full (entities.max_entities) and entities.on_full is refuse_new"
         )
-        refused = adm.refused
-        keys = {e.encode() for e in refused}
+        gone = np.fromiter((e in refused for e in part.entities), bool, len(part))
+        if part.offset is not None:  # this part's records of the refused, not the whole poll's
+            at = set(zip(part.partition[gone].tolist(), part.offset[gone].tolist(), strict=True))
+        else:
+            keys = {e.encode() for e in refused}
+            at = {(r.partition, r.offset) for r in records if r.key in keys}
         self._dead_letter(
             [
                 InvalidMessage(
@@ -176,11 +184,10 @@ class Ingest:
                     f"entity {r.key.decode('utf-8', 'replace')} refused: {why}",  # type: ignore[union-attr]
                 )
                 for r in records
-                if r.key in keys
+                if (r.partition, r.offset) in at
             ]
         )
-        keep = np.fromiter((e not in refused for e in part.entities), bool, len(part))
-        return part.where(keep)
+        return part.where(~gone)
 
     def _count_seq_rules(self, st: PushStats) -> None:
         """Count the sequence rules' drops and new segments per reason; log restarts and

@@ -19,8 +19,10 @@ B-tree pages); a partition is one key range, dropped with one range tombstone. M
 The tier is a cache of the changelog, never the durable copy: it is emptied when it is opened
 (a restart rebuilds it from the changelog through the restore), writes skip RocksDB's write-ahead
 log, and a partition's entries go with the partition (revoked, lost, rewound). The budget
-(``entities.disk_max_bytes``) bounds the files on disk (sorted files plus memtables): a write
-that would pass it is refused whole (``DiskFull``).
+(``entities.disk_max_bytes``) bounds the live entries (keys and values): a write that would pass
+it is refused whole (``DiskFull``), and a page-in frees its entry's bytes at once. The files can
+exceed the live bytes by what compaction has not yet reclaimed (RocksDB's space amplification,
+10-50% under this churn): the volume needs that headroom (docs/deploy.md).
 
 Threading: only the source thread calls it (the entity store's owner). An entity is in one tier
 at a time: ``put`` is given entities the tier does not hold.
@@ -87,6 +89,7 @@ class DiskTier:
         if self._owned:  # removed with the last reference to it, closed or not
             weakref.finalize(self, _remove, self._db, self.path)
         self._count: Counter[int] = Counter()  # entries per partition
+        self._bytes: Counter[int] = Counter()  # live bytes (keys and values) per partition
         self._scan: bytes | None = None  # where the incremental expiry goes on
         self._closed = False
 
@@ -96,6 +99,20 @@ class DiskTier:
     def partitions(self) -> list[int]:
         """Partitions with entries."""
         return sorted(p for p, n in self._count.items() if n)
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes of the live entries: what the budget bounds."""
+        return sum(self._bytes.values())
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.max_bytes - self.live_bytes)
+
+    @staticmethod
+    def entry_bytes(entity: str, value: bytes) -> int:
+        """What one entry counts against the budget."""
+        return _PART.size + len(entity.encode()) + _HEADER.size + len(value)
 
     @property
     def bytes_used(self) -> int:
@@ -110,21 +127,37 @@ class DiskTier:
         """Write (entity, partition, last_seen_s, paged_out_s, value) records of entities the
         tier does not hold, in one batch: all or nothing. Raises ``DiskFull`` when they would
         pass the budget."""
+        return self.swap(items, ())
+
+    def swap(
+        self, puts: Iterable[tuple[str, int, float, float, bytes]], deletes: Iterable[tuple[str, int, bytes]]
+    ) -> int:
+        """Write ``puts`` (as ``put``) and delete ``deletes`` (as ``delete``) in one batch, all
+        or nothing: the deleted entries' bytes count as free for the written ones, so entities
+        can trade places when the tier is full. Raises ``DiskFull`` when the result would pass
+        the budget. Returns how many were written."""
         batch = WriteBatch(raw_mode=True)
-        added: Counter[int] = Counter()
-        size = 0
-        for entity, part, seen, out, value in items:
+        count: Counter[int] = Counter()
+        size: Counter[int] = Counter()
+        for entity, part, value in deletes:
+            batch.delete(_key(entity, part))
+            count[part] -= 1
+            size[part] -= self.entry_bytes(entity, value)
+        written = 0
+        for entity, part, seen, out, value in puts:
             key = _key(entity, part)
             batch.put(key, _HEADER.pack(seen, out) + value)
-            added[part] += 1
-            size += len(key) + _HEADER.size + len(value)
-        if not added:
+            count[part] += 1
+            size[part] += len(key) + _HEADER.size + len(value)
+            written += 1
+        if not count:
             return 0
-        if self.bytes_used + size > self.max_bytes:
+        if self.live_bytes + sum(size.values()) > self.max_bytes and written:
             raise DiskFull(f"the disk tier is full ({self.max_bytes} bytes, entities.disk_max_bytes)")
         self._db.write(batch)
-        self._count.update(added)
-        return sum(added.values())
+        self._count.update(count)
+        self._bytes.update(size)
+        return written
 
     def get(self, keys: list[tuple[str, int]]) -> list[tuple[float, float, bytes] | None]:
         """(last_seen_s, paged_out_s, value) of each (entity, partition), or None."""
@@ -140,23 +173,19 @@ class DiskTier:
                 out.append((seen, paged, raw[_HEADER.size :]))
         return out
 
-    def delete(self, keys: Iterable[tuple[str, int]]) -> int:
-        """Delete entries the tier holds (those paged back in)."""
-        batch = WriteBatch(raw_mode=True)
-        gone: Counter[int] = Counter()
-        for entity, part in keys:
-            batch.delete(_key(entity, part))
-            gone[part] += 1
-        if gone:
-            self._db.write(batch)
-            self._count.subtract(gone)
-        return sum(gone.values())
+    def delete(self, entries: Iterable[tuple[str, int, bytes]]) -> int:
+        """Delete entries the tier holds, given as (entity, partition, value) (those paged
+        back in: their values were just read); their bytes are free at once."""
+        rows = list(entries)
+        self.swap((), rows)
+        return len(rows)
 
     def drop_partitions(self, partitions: Iterable[int]) -> int:
         """Forget every entry of ``partitions`` (one range tombstone each); returns how many."""
         gone = 0
         for part in partitions:
             n = self._count.pop(part, 0)
+            self._bytes.pop(part, None)
             if n:
                 self._db.delete_range(_PART.pack(part), _PART.pack(part + 1))
                 gone += n
@@ -176,6 +205,7 @@ class DiskTier:
             if not it.valid():  # past the end: the pass wraps around
                 it.seek_to_first()
         gone: list[tuple[str, int]] = []
+        freed: Counter[int] = Counter()
         batch = WriteBatch(raw_mode=True)
         seen = 0
         self._scan = None
@@ -188,12 +218,15 @@ class DiskTier:
             (last_seen,) = struct.unpack_from("<d", raw)
             if last_seen < before_s:
                 batch.delete(key)
-                gone.append((key[_PART.size :].decode("utf-8", "replace"), _PART.unpack_from(key)[0]))
+                part = _PART.unpack_from(key)[0]
+                gone.append((key[_PART.size :].decode("utf-8", "replace"), part))
+                freed[part] += len(key) + len(raw)
             it.next()
         del it
         if gone:
             self._db.write(batch)
             self._count.subtract(Counter(p for _, p in gone))
+            self._bytes.subtract(freed)
         return gone
 
     def entries(self, partitions: Iterable[int] | None = None) -> Iterator[tuple[str, int, bytes]]:

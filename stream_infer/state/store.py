@@ -241,61 +241,80 @@ class EntityStore:
 
         When slots run short, the least recently seen entities are paged out to the disk tier
         (a tenth of the capacity more, to amortise the caller's drain), never one of
-        ``entities``; ``before_free`` (the drain) runs first. What neither tier has room for is
-        refused, entities already held (on disk) before new ones: a refused entity's samples
-        must not be pushed. Nothing is deleted: an entity's state is never lost to the cap."""
+        ``entities``; ``before_free`` (the drain) runs first. Page-outs and page-ins are one
+        swap on the disk tier, so a full tier still trades its entities for those in memory.
+        What neither tier has room for is refused, entities already held (on disk) before new
+        ones: a refused entity's samples must not be pushed. Nothing is deleted: an entity's
+        state is never lost to the cap."""
         missing = self._slots.missing(entities)
         if not missing:
             return ADMITTED
         part_of = dict(zip(entities, partitions.tolist(), strict=True))
+        disk = self._disk
         found: dict[str, tuple[float, float, bytes]] = {}
-        if self._disk is not None and len(self._disk):
-            got = self._disk.get([(e, part_of[e]) for e in missing])
+        if disk is not None and len(disk):
+            got = disk.get([(e, part_of[e]) for e in missing])
             found = {e: g for e, g in zip(missing, got, strict=True) if g is not None}
-        short = len(missing) - self._slots.free
-        paged_out, disk_full = 0, False
-        if short > 0 and self._disk is not None:
+        free = self._slots.free
+        short = len(missing) - free
+        victims = np.empty(0, np.int64)
+        values: list[bytes] = []
+        if short > 0 and disk is not None:
             before_free()
-            keep = set(entities)
-            try:
-                paged_out = self._page_out(short + max(1, self.capacity // 10), keep, now_s)
-            except DiskFull:
-                try:
-                    paged_out = self._page_out(short, keep, now_s)
-                except DiskFull:
-                    disk_full = True
-        room = self._slots.free
+            keep = [s for s in (self._slots.lookup(e) for e in entities) if s is not None]
+            victims = self._slots.least_recent(
+                short + max(1, self.capacity // 10), np.asarray(keep, np.int64)
+            )
+            values = self._encode(victims) if len(victims) else []
+            victims, values = self._fitting(victims, values, found, free)
+        room = free + len(victims)
         back = list(found)[:room]
         fresh = [e for e in missing if e not in found][: room - len(back)]
         admitted = set(back) | set(fresh)
         refused = frozenset(e for e in missing if e not in admitted)
+        if disk is not None and (len(victims) or back):
+            ents = [self._slots.entity[s] for s in victims.tolist()]
+            parts = self._slots.partition[victims].tolist()
+            seen = self._slots.last_seen_s[victims].tolist()
+            disk.swap(
+                zip(ents, parts, seen, [now_s] * len(ents), values, strict=True),  # type: ignore[arg-type]
+                [(e, part_of[e], found[e][2]) for e in back],
+            )
+            for e, p, dirty in zip(ents, parts, self._dirty[victims].tolist(), strict=True):
+                if dirty:
+                    self._dirty_on_disk[e] = p  # type: ignore[index]
+            self._slots.release(victims)
+            self._clear(victims)
         paged_in, thrash = self._page_in(back, found, part_of, now_s)
-        if not (refused or paged_out or paged_in or disk_full):
+        disk_full = len(victims) < short
+        if not (refused or len(victims) or paged_in):
             return ADMITTED
-        return Admission(refused, paged_out, paged_in, thrash, disk_full)
+        return Admission(refused, len(victims), paged_in, thrash, disk_full and disk is not None)
 
-    def _page_out(self, n: int, protect: set[str], now_s: float) -> int:
-        """Move the ``n`` least recently seen entities not in ``protect`` to the disk tier
-        (drained). All or nothing: ``DiskFull`` leaves memory as it was."""
-        assert self._disk is not None
-        keep = np.asarray([s for s in (self._slots.lookup(e) for e in protect) if s is not None], np.int64)
-        slots = self._slots.least_recent(n, keep)
-        if not len(slots):
-            return 0
-        values = self._encode(slots)
-        ents = [self._slots.entity[s] for s in slots.tolist()]
-        parts = self._slots.partition[slots].tolist()
-        seen = self._slots.last_seen_s[slots].tolist()
-        self._disk.put(
-            (e, p, t, now_s, v)
-            for e, p, t, v in zip(ents, parts, seen, values, strict=True)  # type: ignore[misc]
-        )
-        for e, p, dirty in zip(ents, parts, self._dirty[slots].tolist(), strict=True):
-            if dirty:
-                self._dirty_on_disk[e] = p  # type: ignore[index]
-        self._slots.release(slots)
-        self._clear(slots)
-        return len(slots)
+    def _fitting(
+        self,
+        victims: np.ndarray,
+        values: list[bytes],
+        found: dict[str, tuple[float, float, bytes]],
+        free: int,
+    ) -> tuple[np.ndarray, list[bytes]]:
+        """The longest prefix of ``victims`` (least recent first) whose page-out fits the disk
+        tier, counting as freed the entries of the ``found`` entities that the slots they free
+        let back in."""
+        disk = self._disk
+        if disk is None or not len(victims):
+            return victims[:0], []
+        order = np.argsort(self._slots.last_seen_s[victims], kind="stable")
+        victims = victims[order]
+        values = [values[i] for i in order.tolist()]
+        ents = [self._slots.entity[s] for s in victims.tolist()]
+        out = np.cumsum([0] + [disk.entry_bytes(e, v) for e, v in zip(ents, values, strict=True)])  # type: ignore[arg-type]
+        back = np.cumsum([0] + [disk.entry_bytes(e, g[2]) for e, g in found.items()])
+        k = np.arange(len(victims) + 1)
+        freed = back[np.minimum(len(found), free + k)]
+        fits = np.flatnonzero(out - freed <= disk.free_bytes)
+        n = int(fits.max()) if len(fits) else 0
+        return victims[:n], values[:n]
 
     def _page_in(
         self,
@@ -304,8 +323,8 @@ class EntityStore:
         part_of: dict[str, int],
         now_s: float,
     ) -> tuple[int, int]:
-        """Load paged-out entities into free slots (decoded in bulk) and delete them from the
-        disk tier."""
+        """Load paged-out entities (their entries already deleted from the disk tier) into free
+        slots, decoded in bulk."""
         if not entities:
             return 0, 0
         assert self._disk is not None
@@ -337,7 +356,6 @@ class EntityStore:
         dirty = [i for i, e in enumerate(entities) if self._dirty_on_disk.pop(e, None) is not None]
         self._dirty[slots[dirty]] = True
         paged_out_s = np.fromiter((found[e][1] for e in entities), np.float64, len(entities))
-        self._disk.delete((e, part_of[e]) for e in entities)
         return len(entities), int((now_s - paged_out_s < THRASH_S).sum())
 
     def push(self, batch: SampleBatch, now_s: float) -> tuple[WindowBatch, PushStats]:

@@ -21,8 +21,10 @@ def test_records_round_trip_and_are_counted(tmp_path: Path) -> None:
     assert d.put(rows(10)) == 10 and len(d) == 10
     got = d.get([("e0-3", 0), ("e0-3", 1), ("nope", 0)])
     assert got[0] == (0.0, 0.0, bytes([3]) * 200) and got[1] is None and got[2] is None
-    assert d.delete([("e0-3", 0)]) == 1 and len(d) == 9 and d.get([("e0-3", 0)]) == [None]
-    assert d.bytes_used > 9 * 200
+    live = d.live_bytes
+    assert d.delete([("e0-3", 0, bytes([3]) * 200)]) == 1 and len(d) == 9 and d.get([("e0-3", 0)]) == [None]
+    assert d.live_bytes == live - DiskTier.entry_bytes("e0-3", bytes([3]) * 200)
+    assert d.bytes_used > 0
 
 
 def test_a_full_tier_refuses_the_whole_write_and_keeps_what_it_had(tmp_path: Path) -> None:
@@ -67,3 +69,14 @@ def test_a_new_tier_starts_empty_and_a_temporary_one_leaves_nothing(tmp_path: Pa
     tmp.put(rows(5))
     tmp.close()
     assert not path.exists()
+
+
+def test_a_full_tier_trades_entries_in_one_swap(tmp_path: Path) -> None:
+    d = DiskTier(tmp_path / "t", 1 << 20)
+    first = rows(1000, size=1000)
+    d.put(first)
+    with pytest.raises(DiskFull):
+        d.put(rows(100, part=1, size=1000))
+    out = [(e, p, v) for e, p, _, _, v in first[:100]]
+    assert d.swap(rows(100, part=1, size=1000), out) == 100  # the deletes make the room
+    assert len(d) == 1000 and d.get([("e0-0", 0), ("e1-0", 1)])[0] is None

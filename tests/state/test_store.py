@@ -234,3 +234,23 @@ def step(st: EntityStore, b: SampleBatch, now_s: float) -> list[tuple[str, int, 
         st._slab.scatter(s, h, c)
         out.append((wb.entities[i], int(wb.seq[i]), bool(wb.fresh[i]), float(wb.x[i].sum()), float(h.sum())))
     return out
+
+
+def test_with_both_tiers_full_a_paged_out_entity_trades_places_and_only_new_ones_are_refused() -> None:
+    st = store(2, disk=True, disk_bytes=1 << 20)
+    n = 0
+    while True:  # fill memory, then the disk tier, with entities that have state
+        b = batch([f"e{n:03d}"] * 3, [0, 1, 2])
+        adm = st.admit(b.entities, b.partition, float(n))
+        if adm.refused:
+            break
+        st.push(b, float(n))
+        n += 1
+    assert n > 100 and st.on_disk == n - 2
+    held = f"e{0:03d}"  # paged out long ago
+    assert "e000" in st and not st.in_memory(held)
+    adm = st.admit([held, "brand-new"], np.zeros(2, np.int32), 1e6)
+    assert adm.refused == frozenset({"brand-new"}) and adm.paged_in == 1 and adm.paged_out >= 1
+    assert st.in_memory(held) and len(st) + st.on_disk == n
+    view = st.describe(held, 1e6)
+    assert view is not None and (view.last_seq, view.samples_in_segment) == (2, 3)
