@@ -400,7 +400,7 @@ def _read_all(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Any]:
 def test_when_both_tiers_are_full_a_paged_out_device_comes_back_and_only_new_keys_are_refused(
     kafka_bootstrap, new_topic, artifact, tmp_path: Path, procs, feeders, guarantee
 ):
-    """8 slots and a 2 MiB disk tier (about 900 entities). 4 devices stream throughout; 4 others
+    """8 slots and a 1 MiB disk tier (about 950 entities of 1.1 kB: the budget counts live entries). 4 devices stream throughout; 4 others
     send 30 samples, go quiet while 1,200 one-sample keys fill memory and the disk tier - the
     quiet devices, least recently seen, are paged out first - and then resume their streams.
     Keys that find both tiers full are new: they are refused (``over_capacity``). A returning
@@ -424,7 +424,7 @@ def test_when_both_tiers_are_full_a_paged_out_device_comes_back_and_only_new_key
             extra.setdefault(r, []).append(m)
     feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 400, extra=extra))
     cfg = _config(
-        kafka_bootstrap, topic, artifact, tmp_path, guarantee, max_entities=cap, disk_max_bytes=2 << 20
+        kafka_bootstrap, topic, artifact, tmp_path, guarantee, max_entities=cap, disk_max_bytes=1 << 20
     )
     before, p2, committed = _kill_9_in_the_middle(
         kafka_bootstrap, cfg, tmp_path, procs, _stream_feed(feeder, 100, 150), partitions=1, backlog=False
