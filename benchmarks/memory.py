@@ -45,7 +45,7 @@ def rss_mb() -> float:
 
 def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
     from stream_infer.kafka.types import ConsumedRecord as Rec
-    from stream_infer.pipeline.decode import Decoder, Record
+    from stream_infer.pipeline.decode import Decoder
     from stream_infer.state.slab import NumpyStateSlab
     from stream_infer.state.store import EntityStore, ModelShape
 
@@ -72,7 +72,7 @@ def run_scenario(name: str, cap: int, ttl_s: float, q: Any) -> None:
         now += 1.0
         # The checkpoint's idle eviction, then the service's ingest (Service._window)
         evicted += store.evict_idle(now, ttl_s)
-        batch = decoder.decode(cast("list[Record]", recs)).samples
+        batch = decoder.decode(cast("list[Rec]", recs)).samples
         need = store.shortfall(batch.entities)
         if need:
             evicted += store.evict_lru(need + max(1, cap // 10), protect=set(batch.entities))

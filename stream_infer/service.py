@@ -16,24 +16,31 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_infer.backends import Engine, open_engine
 from stream_infer.config import Settings
-from stream_infer.errors import ConfigError, PipelineError, SinkError
+from stream_infer.errors import PipelineError, SinkError
 from stream_infer.health import Health, serve_http
-from stream_infer.kafka import Consumer, make_consumer, make_producer
+from stream_infer.kafka import (
+    Consumer,
+    RebalanceListener,
+    TopicPartition,
+    await_partitions,
+    make_consumer,
+    make_producer,
+)
 from stream_infer.kafka.access import authorization_cause, denied
 from stream_infer.kafka.compacted import read_changelog
+from stream_infer.kafka.errors import KafkaError
 from stream_infer.kafka.topics import dead_letter_limit_bytes, ensure_topics
+from stream_infer.kafka.types import ConsumedRecord as Record
 from stream_infer.metrics import Metrics
 from stream_infer.model.card import ModelCard, load_card
 from stream_infer.model.heads import make_head
 from stream_infer.pipeline.batcher import Batcher
 from stream_infer.pipeline.checkpoint import Checkpointer
-from stream_infer.pipeline.decode import Decoder, DecodeResult, Record, internal_error
+from stream_infer.pipeline.decode import Decoder, DecodeResult, internal_error
 from stream_infer.pipeline.sink import Sink
 from stream_infer.pipeline.worker import InferenceWorker
 from stream_infer.records import InvalidMessage, SampleBatch
@@ -126,7 +133,7 @@ class Service:
             make_producer(s, s.transactional_id if eos else None, dead_letter_max_bytes=dl_bytes),
             dead_letter_max_bytes=dl_bytes,
         )
-        _await_metadata(s)
+        await_partitions(s, s.topics.input)
         self.consumer: Consumer = make_consumer(s)
         self.checkpointer = Checkpointer(
             consumer=self.consumer,
@@ -534,7 +541,7 @@ def _about(msg: InvalidMessage) -> dict[str, object]:
     }
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(RebalanceListener):
     """Revoked: finish in-flight work, checkpoint, drop. Assigned: restore, then process.
 
     kafka-python 3 runs these on the consumer's IO thread while the source thread is blocked
@@ -590,29 +597,6 @@ class _Listener(ConsumerRebalanceListener):
         self.svc.metrics.assigned.set(n)
         self.svc.health.partitions_assigned = n > 0
         self.svc.metrics.ready.set(1 if self.svc.health.ready else 0)
-
-
-def _await_metadata(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Wait until the broker serves the input topic's partitions.
-
-    Asked through a throwaway client: a group consumer that joins before the topic's metadata is
-    known gets an empty assignment, and (kafka-python 3.0) fetching all-topic metadata on the
-    group consumer itself triggers a rejoin that can stall.
-    """
-    from kafka import KafkaConsumer
-
-    from stream_infer.kafka import kafka_python
-
-    kafka_python.apply()
-    probe = KafkaConsumer(**settings.kafka.client_kwargs("probe"), group_id=None, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not probe.partitions_for_topic(settings.topics.input):
-            if time.monotonic() > deadline:
-                raise ConfigError(f"no partition metadata for input topic {settings.topics.input!r}")
-            time.sleep(0.1)
-    finally:
-        probe.close()
 
 
 def _overrun(grace_s: float) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import chain
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -36,6 +36,7 @@ import orjson
 from stream_infer.errors import DecodeError, PipelineError
 from stream_infer.formats import schema_registry as registry
 from stream_infer.formats.schema_registry import SchemaRegistry
+from stream_infer.kafka.types import ConsumedRecord
 from stream_infer.metrics import INVALID_REASONS
 from stream_infer.records import InvalidMessage, SampleBatch
 
@@ -62,18 +63,6 @@ _INT_MAX_DIGITS = 20  # longer digit strings are out of range for ts and seq; bo
 _DETAIL_MAX_CHARS = 200
 
 
-class Record(Protocol):
-    """The fields of a Kafka consumer record that decoding uses."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-
-
 @dataclass(frozen=True, slots=True)
 class DecodeResult:
     samples: SampleBatch
@@ -91,7 +80,7 @@ class Decoder:
     max_samples_per_message: int = 10_000
     registry: SchemaRegistry | None = None  # format "registry": where schema ids are resolved
 
-    def decode(self, records: Sequence[Record]) -> DecodeResult:
+    def decode(self, records: Sequence[ConsumedRecord]) -> DecodeResult:
         """Never raises on any input: every record ends up either in ``samples`` or, once, in
         ``invalid`` with a reason from ``REASONS``, whatever else the poll holds."""
         if self.format == "json" and records:
@@ -103,7 +92,7 @@ class Decoder:
                 return fast
         return self._decode_each(records)
 
-    def _decode_json_fast(self, records: Sequence[Record]) -> DecodeResult | None:
+    def _decode_json_fast(self, records: Sequence[ConsumedRecord]) -> DecodeResult | None:
         """A whole poll of JSON messages at once: list-comprehension parsing and column-wise
         checks, no per-message function calls or exception frames. Returns ``None`` as soon as anything is off the common path (a bad
         or missing key, an invalid document, an ISO or missing ``ts``, ...); the per-message path
@@ -182,7 +171,7 @@ class Decoder:
         )
         return DecodeResult(batch, [], len(records))
 
-    def _decode_each(self, records: Sequence[Record]) -> DecodeResult:
+    def _decode_each(self, records: Sequence[ConsumedRecord]) -> DecodeResult:
         entities: list[str] = []
         seqs: list[int] = []
         times: list[int] = []
@@ -190,7 +179,7 @@ class Decoder:
         values: list[Any] = []  # per format: lists of numbers, raw bytes, or arrays
         counts: list[int] = []  # samples per accepted message
         resets: list[bool] = []  # per sample: a new segment starts here
-        accepted: list[Record] = []
+        accepted: list[ConsumedRecord] = []
         invalid: list[InvalidMessage] = []
         parse = {
             "json": self._parse_json,
@@ -268,21 +257,21 @@ class Decoder:
     # --- per format: (seqs, event times, values, reset flags or None) of one message; raise
     # DecodeError ---
 
-    def _parse_json(self, rec: Record) -> Parsed:
+    def _parse_json(self, rec: ConsumedRecord) -> Parsed:
         try:
             doc = orjson.loads(rec.value)  # type: ignore[arg-type]
         except orjson.JSONDecodeError as exc:
             raise DecodeError("undecodable", f"not JSON: {exc}") from None
         return self._samples_of(doc, rec)
 
-    def _parse_registry(self, rec: Record) -> Parsed:
+    def _parse_registry(self, rec: ConsumedRecord) -> Parsed:
         """A schema-registry wire-format value (Avro or JSON): the same document rules as json."""
         assert self.registry is not None, "format registry needs a SchemaRegistry"
         schema_id, payload = registry.split_wire(rec.value or b"")
         doc = registry.decode_value(self.registry.get(schema_id), payload)
         return self._samples_of(doc, rec)
 
-    def _samples_of(self, doc: Any, rec: Record) -> Parsed:
+    def _samples_of(self, doc: Any, rec: ConsumedRecord) -> Parsed:
         """(seqs, event times, values, resets) of a decoded document: one sample object or a
         list."""
         items = doc if isinstance(doc, list) else [doc]
@@ -309,7 +298,7 @@ class Decoder:
             resets.append(bool(reset))
         return seqs, times, vals, resets if any(resets) else None
 
-    def _parse_f32(self, rec: Record) -> Parsed:
+    def _parse_f32(self, rec: ConsumedRecord) -> Parsed:
         value = rec.value or b""
         row = 4 * int(np.prod(self.sample_shape))
         if len(value) == 0 or len(value) % row:
@@ -323,7 +312,7 @@ class Decoder:
         ts = _ts(h.get("ts"), rec.timestamp)
         return list(range(first, first + n)), [ts] * n, value, None
 
-    def _parse_image(self, rec: Record) -> Parsed:
+    def _parse_image(self, rec: ConsumedRecord) -> Parsed:
         from PIL import Image, UnidentifiedImageError
 
         c, hgt, wid = self.sample_shape
@@ -376,7 +365,7 @@ class Decoder:
         return arr, bad_msg
 
     def _stack_each(
-        self, accepted: list[Record], values: list[Any], counts: list[int]
+        self, accepted: list[ConsumedRecord], values: list[Any], counts: list[int]
     ) -> tuple[np.ndarray, np.ndarray, dict[int, DecodeError]]:
         """``_stack`` message by message, after the poll-wide conversion raised: the rows of a
         message that fails alone are zeros, flagged bad, with its ``internal_error``."""
@@ -397,7 +386,7 @@ class Decoder:
         return np.concatenate(parts), bad, failed
 
 
-def _entity(rec: Record) -> str:
+def _entity(rec: ConsumedRecord) -> str:
     if not rec.key:
         raise DecodeError("missing_key", "the message has no key (the entity id)")
     try:
@@ -409,7 +398,7 @@ def _entity(rec: Record) -> str:
 _TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 
-def message_traces(records: Sequence[Record]) -> list[bytes | None] | None:
+def message_traces(records: Sequence[ConsumedRecord]) -> list[bytes | None] | None:
     """The W3C ``traceparent`` header of each message (None where absent or malformed: a bad
     trace header is not a reason to drop a sample); None when no message has one."""
     if not any(r.headers for r in records):
@@ -429,11 +418,11 @@ _RESET_TRUE = frozenset({b"1", b"true"})
 _RESET_FALSE = frozenset({b"0", b"false"})
 
 
-def _has_reset_header(records: Sequence[Record]) -> bool:
+def _has_reset_header(records: Sequence[ConsumedRecord]) -> bool:
     return any(k == "reset" for r in records if r.headers for k, _ in r.headers)
 
 
-def _header_reset(rec: Record) -> bool:
+def _header_reset(rec: ConsumedRecord) -> bool:
     """The ``reset`` header: a new segment starts at the message's first sample."""
     raw = _headers(rec).get("reset") if rec.headers else None
     if raw is None:
@@ -446,7 +435,7 @@ def _header_reset(rec: Record) -> bool:
     raise DecodeError("bad_reset", f"header 'reset' must be 1, true, 0 or false, got {raw!r:.40}")
 
 
-def _headers(rec: Record) -> dict[str, bytes]:
+def _headers(rec: ConsumedRecord) -> dict[str, bytes]:
     return {k: v for k, v in (rec.headers or ())}
 
 
@@ -506,19 +495,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_DETAIL_MAX_CHARS]
 
 
-def _internal(rec: Record, exc: Exception) -> DecodeError:
+def _internal(rec: ConsumedRecord, exc: Exception) -> DecodeError:
     """An unexpected exception while decoding ``rec``, as the reason its dead letter carries."""
     logger.debug("internal error decoding %s[%s]@%s", rec.topic, rec.partition, rec.offset, exc_info=exc)
     return DecodeError("internal_error", _describe(exc))
 
 
-def internal_error(rec: Record, exc: Exception) -> InvalidMessage:
+def internal_error(rec: ConsumedRecord, exc: Exception) -> InvalidMessage:
     """The dead letter of a record that broke a stage (decoding or later) in an unforeseen way:
     reason ``internal_error``, the exception's type and message as the detail."""
     return _invalid(rec, _internal(rec, exc))
 
 
-def _invalid(rec: Record, err: DecodeError) -> InvalidMessage:
+def _invalid(rec: ConsumedRecord, err: DecodeError) -> InvalidMessage:
     return InvalidMessage(
         topic=rec.topic,
         partition=rec.partition,
