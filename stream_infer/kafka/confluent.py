@@ -679,6 +679,9 @@ def connect_admin(settings: Settings, timeout_s: float) -> ConfluentAdmin:
     conf = base_config(k, "admin")
     conf["error_cb"] = faults
     conf["logger"] = faults.logger
+    # librdkafka's admin client is a producer inside, which asks the broker to create a topic
+    # it asks about: a topic looked up must stay missing (ensure_topics creates it as it needs).
+    conf["allow.auto.create.topics"] = False
     admin = _make(AdminClient, conf)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -692,7 +695,8 @@ def connect_admin(settings: Settings, timeout_s: float) -> ConfluentAdmin:
             faults.seen.clear()
             return ConfluentAdmin(admin, k.request_timeout_ms / 1000.0, faults)
         admin.poll(0)  # serve error_cb
-        refused = next(filter(None, (explain_refusal(f, settings) for f in faults.seen)), None)
+        seen = [_with_tls_detail(f, k) for f in faults.seen]
+        refused = next(filter(None, (explain_refusal(f, settings) for f in seen)), None)
         if refused:
             raise ConfigError(f"Kafka at {k.bootstrap_servers} refused the connection: {refused}") from failed
         if time.monotonic() >= deadline:
@@ -701,6 +705,30 @@ def connect_admin(settings: Settings, timeout_s: float) -> ConfluentAdmin:
                 f"cannot reach Kafka at {k.bootstrap_servers} within {timeout_s:g} s: {cause}"
                 + closed_during_sasl(k.security_protocol, list(faults.seen))
             ) from failed
+
+
+def _with_tls_detail(fault: str, k: KafkaSettings) -> str:
+    """librdkafka says "certificate verify failed" both for a CA that did not sign the broker's
+    certificate and for a host name the certificate does not name: the reason is asked of a
+    TLS handshake of Python's own with the same CA and host (OpenSSL's verify message)."""
+    if "certificate verify failed" not in fault.lower():
+        return fault
+    import socket
+    import ssl
+
+    host, _, port = k.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    try:
+        ctx = ssl.create_default_context(cafile=str(k.ssl_cafile) if k.ssl_cafile else None)
+        ctx.check_hostname = k.ssl_check_hostname
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as sock,
+            ctx.wrap_socket(sock, server_hostname=host),
+        ):
+            return fault
+    except ssl.SSLCertVerificationError as exc:
+        return f"{fault} ({exc.verify_message})"
+    except (OSError, ValueError):
+        return fault
 
 
 def _result(future: Any, about: str = "") -> Any:
@@ -878,6 +906,7 @@ class ConfluentReader:
 
         conf = base_config(self._settings.kafka, f"{self._role}-offsets")
         conf["error_cb"] = self._errors
+        conf["allow.auto.create.topics"] = False
         admin = _make(AdminClient, conf)
         futures = admin.list_offsets(
             {ck.TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in partitions},
