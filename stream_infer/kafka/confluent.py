@@ -475,7 +475,12 @@ class _Abandoned:
 
 
 def _make(cls: Any, conf: dict[str, Any]) -> Any:
-    """A librdkafka client; settings it refuses end the start with one line."""
+    """A librdkafka client; settings it refuses end the start with one line, as does a token
+    endpoint that refuses or cannot be reached (asked here first: librdkafka would wait 10 s
+    for a token and then report only that none came)."""
+    oauth_cb = conf.get("oauth_cb")
+    if oauth_cb is not None:
+        oauth_cb(conf.get("sasl.oauthbearer.config", ""))  # the provider keeps the token
     try:
         return cls(conf)
     except ck.KafkaException as exc:
