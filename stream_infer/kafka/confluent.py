@@ -857,6 +857,15 @@ class ConfluentAdmin:
         self._a = _Abandoned()
 
 
+# Errors about the consumer group alone (its coordinator's lookup): not a reader's concern.
+_GROUP_ONLY = {
+    30,
+    15,
+    14,
+    16,
+}  # GROUP_AUTHORIZATION_FAILED, COORDINATOR_NOT_AVAILABLE, ..._LOAD_IN_PROGRESS, NOT_COORDINATOR
+
+
 class ConfluentReader:
     """``stream_infer.kafka.Reader`` on a librdkafka consumer that only assigns (no group is
     joined, nothing committed), ``read_committed``. End offsets are the last stable offsets
@@ -874,7 +883,10 @@ class ConfluentReader:
         conf = base_config(k, role)
         conf.update(
             {
-                "group.id": f"{k.client_id}-{role}-unjoined",
+                # librdkafka needs a group id, and looks up its coordinator even for a
+                # consumer that only assigns (never joins, never commits): the service's own
+                # group, on which this principal has READ (and so DESCRIBE) already.
+                "group.id": k.group_id,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "isolation.level": "read_committed",
@@ -942,6 +954,8 @@ class ConfluentReader:
                 if err.code() == _E._PARTITION_EOF:
                     self._eof[tp] = max(self._eof.get(tp, 0), int(m.offset()))  # type: ignore[arg-type]
                     continue
+                if m.topic() is None and err.code() in _GROUP_ONLY:
+                    continue  # about the group, which this reader never uses
                 raise translate(err, f"topic {m.topic()}")
             offset = int(m.offset())  # type: ignore[arg-type]
             self._next[tp] = offset + 1
