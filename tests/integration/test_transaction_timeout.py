@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import ProducerFencedError
 from prometheus_client import CollectorRegistry
 
 from stream_infer.kafka import kafka_python
-from stream_infer.kafka.errors import ProducerFencedError
 from stream_infer.kafka.kafka_python import StableOffset
 from stream_infer.metrics import Metrics
 from stream_infer.service import Service
