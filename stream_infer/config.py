@@ -72,12 +72,12 @@ class KafkaSettings(_Section):
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
-    # Any other kafka-python connection property, passed to every client as is (e.g.
-    # ssl_ciphers, connections_max_idle_ms, api_version, socket_options): only keys that the
-    # consumer, the producer and the admin client all accept, checked at start.
+    # With kafka.client kafka-python: any other kafka-python connection property, passed to every
+    # client as is (e.g. ssl_ciphers, connections_max_idle_ms, api_version, socket_options): only
+    # keys that the consumer, the producer and the admin client all accept, checked at start.
     client_properties: dict[str, Any] = Field(default_factory=dict)
-    # With kafka.client confluent-kafka: any other librdkafka property of the group consumer and
-    # the producer, by librdkafka's name (e.g. ``queued.max.messages.kbytes``, ``ssl.cipher.suites``);
+    # With kafka.client confluent-kafka: any other librdkafka property of every client (the group
+    # consumer, the producer, the admin client and the readers), by librdkafka's name (e.g. ``queued.max.messages.kbytes``, ``ssl.cipher.suites``);
     # the service's own keys win over them.
     librdkafka_properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
@@ -103,13 +103,16 @@ class KafkaSettings(_Section):
     @model_validator(mode="after")
     def _check_client_properties(self) -> KafkaSettings:
         if self.client_properties:
-            from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-
-            common = (
-                set(KafkaConsumer.DEFAULT_CONFIG)
-                & set(KafkaProducer.DEFAULT_CONFIG)
-                & set(KafkaAdminClient.DEFAULT_CONFIG)
-            )
+            if self.client != "kafka-python":
+                raise ValueError(
+                    "kafka.client_properties are kafka-python properties: with kafka.client "
+                    f"{self.client} set kafka.librdkafka_properties instead"
+                )
+            try:
+                from stream_infer.kafka.kafka_python_admin import common_config_keys
+            except ImportError:
+                return self  # the start refuses the missing client in one line (require_client)
+            common = common_config_keys()
             unknown = sorted(set(self.client_properties) - common)
             if unknown:
                 raise ValueError(
@@ -172,16 +175,19 @@ class KafkaSettings(_Section):
             "security_protocol": self.security_protocol,
         }
         if self.sasl_mechanism == "OAUTHBEARER" and self.security_protocol.startswith("SASL"):
+            from stream_infer.kafka.kafka_python_admin import token_provider
             from stream_infer.kafka.oauth import shared_provider
 
             assert self.sasl_oauth_token_endpoint_url and self.sasl_oauth_client_id
             kw.update(
                 sasl_mechanism="OAUTHBEARER",
-                sasl_oauth_token_provider=shared_provider(
-                    self.sasl_oauth_token_endpoint_url,
-                    self.sasl_oauth_client_id,
-                    self.oauth_secret,
-                    self.sasl_oauth_scope,
+                sasl_oauth_token_provider=token_provider(
+                    shared_provider(
+                        self.sasl_oauth_token_endpoint_url,
+                        self.sasl_oauth_client_id,
+                        self.oauth_secret,
+                        self.sasl_oauth_scope,
+                    )
                 ),
             )
         elif self.security_protocol.startswith("SASL"):
@@ -303,8 +309,9 @@ class InputSettings(_Section):
         """The registry client of a format that needs one (None for the other formats)."""
         if not self.needs_registry or not self.schema_registry_url:
             return None
-        from stream_infer.formats.schema_registry import SchemaRegistry
+        from stream_infer.formats.schema_registry import SchemaRegistry, require_registry_extra
 
+        require_registry_extra()
         password = None
         if self.schema_registry_password is not None:
             password = self.schema_registry_password.get_secret_value()

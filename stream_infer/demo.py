@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import orjson
 import yaml
-from kafka import KafkaConsumer
 
 from stream_infer.model.card import load_card
 from stream_infer.replay import Format, Replayer, Stream, frame_streams, sensor_streams
@@ -157,13 +156,22 @@ def _n_hops(t: int, w: int, k: int) -> int:
     return (t - w) // k + 1 if t >= w else 0
 
 
-def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
+def _kafka(bootstrap: str, topic: str) -> Any:
+    from stream_infer.config import load_settings
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
-    admin.create_topics([NewTopic(topic, partitions, 1)])
-    admin.close()
+    return load_settings(
+        kafka={"bootstrap_servers": bootstrap, "client_id": "stream-infer-demo"}, topics={"input": topic}
+    )
+
+
+def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    from stream_infer.kafka import connect_admin
+
+    admin = connect_admin(_kafka(bootstrap, topic))
+    try:
+        admin.create_topic(topic, partitions)
+    finally:
+        admin.close()
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
@@ -186,18 +194,18 @@ def _read(bootstrap: str, topic: str, streams: list[Stream], card: Any, tally: T
         s.entity: card.window - 1 + (_n_hops(len(s.values), card.window, card.hop) - 1) * card.hop
         for s in streams
     }
-    c = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap.split(","),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
+    from stream_infer.kafka import await_partitions, make_reader
+    from stream_infer.kafka.types import TopicPartition
+
+    settings = _kafka(bootstrap, topic)
+    c = make_reader(settings, "demo-reader")
+    c.assign_from_beginning([TopicPartition(topic, p) for p in sorted(await_partitions(settings, topic))])
     deadline = time.monotonic() + 900
     while tally.n < expect and time.monotonic() < deadline:
         for recs in c.poll(timeout_ms=200).values():
             for r in recs:
+                if r.value is None:
+                    continue
                 p = orjson.loads(r.value)
                 key = (p["entity"], p["seq"])
                 if key in tally.seen:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from kafka import KafkaProducer
 from tqdm import tqdm
 
 from stream_infer.formats import FORMATS
@@ -100,14 +99,27 @@ class Replayer:
         fmt: Format = "json",
         samples_per_message: int = 1,
         rate_events_s: float | None = None,
-        producer_kw: dict[str, Any] | None = None,
+        kafka: dict[str, Any] | None = None,
     ) -> None:
+        """``kafka``: more of the ``kafka`` settings (e.g. ``client``) of the producer, which is
+        the service's own (``stream_infer.kafka.make_producer``)."""
+        from stream_infer.config import load_settings
+        from stream_infer.kafka import make_producer
+
         self.topic = topic
         self.fmt = fmt
         self.samples_per_message = samples_per_message
         self.rate = rate_events_s
-        kw = {"linger_ms": 5, "batch_size": 262_144, "acks": 1, **(producer_kw or {})}
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), **kw)
+        settings = load_settings(
+            kafka={
+                "bootstrap_servers": bootstrap,
+                "client_id": "stream-infer-replay",
+                "linger_ms": 5,
+                **(kafka or {}),
+            },
+            topics={"input": topic},
+        )
+        self.producer = make_producer(settings, role="replay")
 
     def run(self, streams: Sequence[Stream], progress: bool = True, first_seq: int = 0) -> int:
         """Send everything; returns the number of samples (events) sent. Event time (``ts``) is
@@ -117,11 +129,11 @@ class Replayer:
         bar = tqdm(total=total, unit="ev", disable=not progress, desc=f"replay -> {self.topic}")
         sent = 0
         t0 = time.monotonic()
-        send = self.producer.send
+        send = self.producer.produce
         topic, fmt = self.topic, self.fmt
         for key, seq, chunk in messages(streams, fmt, self.samples_per_message, first_seq):
             value, headers = payload(fmt, seq, chunk, time.time_ns() // 1_000_000)
-            send(topic, key=key, value=value, headers=headers)
+            send(topic, key, value, headers=headers)
             sent += len(chunk)
             if progress:
                 bar.update(len(chunk))
@@ -129,7 +141,7 @@ class Replayer:
                 ahead = sent / self.rate - (time.monotonic() - t0)
                 if ahead > 0.005:
                     time.sleep(ahead)
-        self.producer.flush()
+        self.producer.flush_within()
         bar.close()
         return sent
 

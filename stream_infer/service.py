@@ -24,9 +24,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_infer.backends import Engine, open_engine
 from stream_infer.config import Settings
-from stream_infer.errors import ConfigError
 from stream_infer.health import Health, serve_http
-from stream_infer.kafka import Consumer, make_consumer, make_producer
+from stream_infer.kafka import Consumer, await_partitions, make_consumer, make_producer
 from stream_infer.kafka.access import denied
 from stream_infer.kafka.compacted import read_changelog
 from stream_infer.kafka.topics import dead_letter_limit_bytes, ensure_topics
@@ -130,7 +129,7 @@ class Service:
             make_producer(s, s.transactional_id if eos else None, dead_letter_max_bytes=dl_bytes),
             dead_letter_max_bytes=dl_bytes,
         )
-        _await_metadata(s)
+        await_partitions(s, s.topics.input)
         self.consumer: Consumer = make_consumer(s)
         self.source = Source(
             self.consumer,
@@ -308,29 +307,6 @@ class Service:
                 if self._http is not None:
                     self._http.shutdown()
                 logger.info("stopped")
-
-
-def _await_metadata(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Wait until the broker serves the input topic's partitions.
-
-    Asked through a throwaway client: a group consumer that joins before the topic's metadata is
-    known gets an empty assignment, and (kafka-python 3.0) fetching all-topic metadata on the
-    group consumer itself triggers a rejoin that can stall.
-    """
-    from kafka import KafkaConsumer
-
-    from stream_infer.kafka import kafka_python
-
-    kafka_python.apply()
-    probe = KafkaConsumer(**settings.kafka.client_kwargs("probe"), group_id=None, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not probe.partitions_for_topic(settings.topics.input):
-            if time.monotonic() > deadline:
-                raise ConfigError(f"no partition metadata for input topic {settings.topics.input!r}")
-            time.sleep(0.1)
-    finally:
-        probe.close()
 
 
 def _overrun(grace_s: float) -> None:

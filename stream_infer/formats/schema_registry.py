@@ -38,7 +38,25 @@ from typing import Any, Literal
 import orjson
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from stream_infer.errors import DecodeError, RegistryUnavailable
+from stream_infer.errors import ConfigError, DecodeError, RegistryUnavailable
+
+# What the extra ``stream-infer[registry]`` installs: Avro (fastavro), Protobuf (protobuf, and
+# protoc from grpcio-tools); imported when a schema of that type is first met.
+REGISTRY_MODULES = ("fastavro", "google.protobuf", "grpc_tools")
+
+
+def require_registry_extra() -> None:
+    """``ConfigError`` in one line when the extra of ``input.format: registry`` is missing."""
+    import importlib.util
+
+    for module in REGISTRY_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ConfigError("input.format: registry needs the extra: pip install 'stream-infer[registry]'")
+
 
 MAGIC = 0
 HEADER_BYTES = 5

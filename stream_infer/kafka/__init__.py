@@ -1,48 +1,90 @@
-"""The Kafka client layer: the consumer and producer calls the service makes, with two
-implementations chosen by ``kafka.client``.
+"""The Kafka client layer: every Kafka call the service makes, with two implementations chosen
+by ``kafka.client``.
 
 * ``confluent-kafka`` (librdkafka): fetching, parsing, CRC checks, batching, compression and the
   network in C, off the GIL that decoding, windowing and the engine need; rebalance callbacks run
   inside ``poll`` on the calling thread; cooperative-sticky assignment through incremental
-  assigns; transactions with ``send_offsets_to_transaction``.
-* ``kafka-python``: pure Python, the design's first client, kept fully supported. Its private
-  attributes and the patches it needs live in ``kafka_python`` and nowhere else.
+  assigns; transactions with ``send_offsets_to_transaction``. The admin calls, the changelog
+  reader and the metadata probe use librdkafka too, so a serving install needs no other client.
+* ``kafka-python``: pure Python, the design's first client, kept fully supported (the extra
+  ``stream-infer[kafka-python]``). Its private attributes and the patches it needs live in
+  ``kafka_python`` and nowhere else.
 
-Both take the same settings and speak the same types (``types``): kafka-python's
-``TopicPartition``/``OffsetAndMetadata`` and ``kafka.errors`` classes (librdkafka's error codes are
-translated), so the rest of the service does not know which client runs. Admin operations
-(topic creation and description, ACL checks) use kafka-python's admin client with either.
+Both take the same settings and speak the same types (``types``: ``TopicPartition``,
+``OffsetAndMetadata``, ``ConsumedRecord``) and the same errors (``errors``), into which each
+implementation translates its client's, so the rest of the service does not know which client
+runs. Only ``confluent`` imports confluent-kafka and only ``kafka_python`` imports kafka-python,
+each when that client is chosen.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kafka import TopicPartition
-from kafka.structs import OffsetAndMetadata
-
-from stream_infer.kafka.types import ConsumedRecord, ErrorCallback, StableOffset
+from stream_infer.errors import ConfigError
+from stream_infer.kafka.sizing import heartbeat_interval_ms, max_request_bytes, producer_batch_bytes
+from stream_infer.kafka.types import (
+    Admin,
+    ConsumedRecord,
+    ErrorCallback,
+    OffsetAndMetadata,
+    RebalanceListener,
+    StableOffset,
+    TopicPartition,
+)
 
 if TYPE_CHECKING:
     from stream_infer.config import Settings
 
 __all__ = [
+    "Admin",
     "ConsumedRecord",
     "Consumer",
     "ErrorCallback",
+    "OffsetAndMetadata",
     "Producer",
+    "Reader",
+    "RebalanceListener",
     "StableOffset",
+    "TopicPartition",
+    "await_partitions",
+    "connect_admin",
+    "heartbeat_interval_ms",
     "make_consumer",
     "make_producer",
+    "make_reader",
     "max_request_bytes",
+    "producer_batch_bytes",
+    "require_client",
 ]
 
+# The module each client needs, and the extra that installs it.
+_CLIENT_MODULES = {
+    "confluent-kafka": ("confluent_kafka", "confluent-kafka"),
+    "kafka-python": ("kafka", "kafka-python"),
+}
 
-class Listener(Protocol):
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None: ...
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None: ...
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None: ...
+
+def require_client(settings: Settings) -> None:
+    """``ConfigError`` in one line when the chosen client is not installed."""
+    client = settings.kafka.client
+    module, extra = _CLIENT_MODULES[client]
+    if not _installed(module):
+        if client == "kafka-python":
+            raise ConfigError(
+                f"kafka.client: kafka-python needs the extra: pip install 'stream-infer[{extra}]'"
+            )
+        raise ConfigError(f"kafka.client: {client} is not installed: pip install {extra}")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class Consumer(Protocol):
@@ -50,8 +92,8 @@ class Consumer(Protocol):
 
     client: str
 
-    def subscribe(self, topics: list[str], listener: Any = None) -> None: ...
-    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Any]]: ...
+    def subscribe(self, topics: list[str], listener: RebalanceListener | None = None) -> None: ...
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumedRecord]]: ...
     def assignment(self) -> set[TopicPartition]: ...
     def paused(self) -> set[TopicPartition]: ...
     def pause(self, *partitions: TopicPartition) -> None: ...
@@ -95,13 +137,9 @@ class Producer(Protocol):
     def close(self, timeout: float | None = None) -> None: ...
 
 
-def max_request_bytes(settings: Settings) -> int:
-    """The producer's largest request: it refuses a larger record before sending it."""
-    return max(4 * settings.input.max_message_bytes, 1_048_576)
-
-
 def make_consumer(settings: Settings) -> Consumer:
     """The group consumer of the input topic, by ``kafka.client``."""
+    require_client(settings)
     if settings.kafka.client == "confluent-kafka":
         from stream_infer.kafka.confluent import ConfluentConsumer
 
@@ -127,17 +165,6 @@ def make_consumer(settings: Settings) -> Consumer:
     )
 
 
-def heartbeat_interval_ms(settings: Settings) -> int:
-    return min(3_000, settings.kafka.session_timeout_ms // 3)
-
-
-def producer_batch_bytes(settings: Settings, dead_letter_max_bytes: int | None) -> int:
-    """A topic's max.message.bytes bounds a whole record batch: batches stay within what the
-    dead-letter topic takes (a single larger record still goes alone, cut by the sink)."""
-    k = settings.kafka
-    return min(k.producer_batch_bytes, max(16_384, dead_letter_max_bytes or k.producer_batch_bytes))
-
-
 def make_producer(
     settings: Settings,
     transactional_id: str | None = None,
@@ -146,6 +173,7 @@ def make_producer(
 ) -> Producer:
     """The one producer of an instance, by ``kafka.client``. ``role`` names its client id; a
     replacement producer (after a failed transaction) gets a new one."""
+    require_client(settings)
     if settings.kafka.client == "confluent-kafka":
         from stream_infer.kafka.confluent import ConfluentProducer
 
@@ -170,3 +198,71 @@ def make_producer(
             transactional_id=transactional_id, transaction_timeout_ms=settings.delivery.transaction_timeout_ms
         )
     return KafkaPythonProducer(**kw)  # type: ignore[no-any-return]
+
+
+class Reader(Protocol):
+    """A consumer outside any group, of assigned partitions, ``read_committed``: the changelog
+    reader, the metadata probe, the demo's reader of predictions."""
+
+    def partitions_for(self, topic: str) -> set[int] | None:
+        """The topic's partitions as the broker serves them; None (or empty) while unknown."""
+        ...
+
+    def assign_from_beginning(self, partitions: list[TopicPartition]) -> None: ...
+    def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offsets up to which a ``read_committed`` reader can read now (last stable)."""
+        ...
+
+    def position(self, partition: TopicPartition) -> int:
+        """The offset of the next record to read (past any transaction markers read)."""
+        ...
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumedRecord]]: ...
+    def close(self) -> None: ...
+
+
+def make_reader(settings: Settings, role: str) -> Reader:
+    """A reader outside any group (``role`` names its client id), by ``kafka.client``."""
+    require_client(settings)
+    if settings.kafka.client == "confluent-kafka":
+        from stream_infer.kafka.confluent import ConfluentReader
+
+        return ConfluentReader(settings, role)
+    from stream_infer.kafka.kafka_python import make_reader as make_kafka_python_reader
+
+    return make_kafka_python_reader(settings, role)
+
+
+def connect_admin(settings: Settings, timeout_s: float | None = None) -> Admin:
+    """An admin client that reached the brokers within ``timeout_s`` (default
+    ``kafka.startup_timeout_s``), by ``kafka.client``; else a ``ConfigError`` in one line naming
+    the servers and the cause (a refusal, certificates or credentials, ends it at once)."""
+    require_client(settings)
+    timeout_s = settings.kafka.startup_timeout_s if timeout_s is None else timeout_s
+    if settings.kafka.client == "confluent-kafka":
+        from stream_infer.kafka.confluent import connect_admin as connect_confluent
+
+        return connect_confluent(settings, timeout_s)
+    from stream_infer.kafka.kafka_python import connect_admin as connect_kafka_python
+
+    return connect_kafka_python(settings, timeout_s)
+
+
+def await_partitions(settings: Settings, topic: str, timeout_s: float = 30.0) -> set[int]:
+    """Wait until the broker serves ``topic``'s partitions; ``ConfigError`` after ``timeout_s``.
+
+    Asked through a throwaway reader: a group consumer that joins before the topic's metadata is
+    known gets an empty assignment, and (kafka-python 3.0) fetching all-topic metadata on the
+    group consumer itself triggers a rejoin that can stall."""
+    probe = make_reader(settings, "probe")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            parts = probe.partitions_for(topic)
+            if parts:
+                return parts
+            if time.monotonic() > deadline:
+                raise ConfigError(f"no partition metadata for input topic {topic!r}")
+            time.sleep(0.1)
+    finally:
+        probe.close()

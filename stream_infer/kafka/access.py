@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from stream_infer.errors import AccessDenied, ConfigError
+from stream_infer.kafka import errors
+from stream_infer.kafka.types import AclSpec, Admin
 
 if TYPE_CHECKING:
-    from kafka import KafkaAdminClient
-
     from stream_infer.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -128,59 +128,22 @@ def render(acls: list[Acl], principal: str, fmt: str, bootstrap: str = "<bootstr
     return "\n".join(out)
 
 
-def kafka_python_acls(acls: list[Acl], principal: str) -> list[Any]:
-    """The same rules as kafka-python ``ACL`` objects (for ``KafkaAdminClient.create_acls``)."""
-    from kafka.admin import (
-        ACL,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePattern,
-        ResourceType,
-    )
-
-    return [
-        ACL(
-            principal,
-            "*",
-            ACLOperation[a.operation],
-            ACLPermissionType.ALLOW,
-            ResourcePattern(ResourceType[a.resource], a.name, ACLResourcePatternType[a.pattern]),
-        )
-        for a in acls
-    ]
-
-
-def apply(admin: KafkaAdminClient, acls: list[Acl], principal: str) -> None:
+def apply(admin: Admin, acls: list[Acl], principal: str) -> None:
     """Create the ACLs (idempotent: Kafka keeps one copy of an existing rule)."""
-    result = admin.create_acls(kafka_python_acls(acls, principal))
-    failed = result.get("failed") or []
-    if failed:
-        acl, err = failed[0]
-        raise AccessDenied(f"could not create ACL {acl}: {err}")
+    try:
+        admin.create_acls([AclSpec(a.resource, a.name, a.pattern, a.operation) for a in acls], principal)
+    except errors.KafkaError as exc:
+        raise AccessDenied(str(exc)) from exc
 
 
-_TOPIC_AUTHORIZATION_FAILED = 29
-_UNKNOWN_TOPIC = 3
-
-
-def check_topics(admin: KafkaAdminClient, settings: Settings) -> None:
+def check_topics(admin: Admin, settings: Settings) -> None:
     """Raise ``AccessDenied`` naming the first topic ACL that the broker says is missing.
 
     A topic that does not exist yet is skipped (creating it is checked by ``CREATE``, and
     Kafka answers a topic the principal may not describe as not authorized either way)."""
     needed = [a for a in required_acls(settings) if a.resource == "TOPIC" and a.operation != "CREATE"]
     names = list(dict.fromkeys(a.name for a in needed))
-    allowed: dict[str, set[str] | None] = {}
-    for topic in admin.describe_topics(names):
-        code = topic.get("error_code", 0)
-        if code == _UNKNOWN_TOPIC:
-            continue
-        if code == _TOPIC_AUTHORIZATION_FAILED:
-            allowed[topic["name"]] = set()
-        else:
-            ops = topic.get("authorized_operations")
-            allowed[topic["name"]] = None if ops is None else {str(getattr(o, "name", o)) for o in ops}
+    allowed = admin.topic_operations(names)
     for a in needed:
         ops = allowed.get(a.name)
         if ops is None or a.operation in ops:
@@ -191,25 +154,21 @@ def check_topics(admin: KafkaAdminClient, settings: Settings) -> None:
         raise AccessDenied(_denied(a))
 
 
-def check_group(admin: KafkaAdminClient, settings: Settings) -> None:
+def check_group(admin: Admin, settings: Settings) -> None:
     """Raise ``AccessDenied`` if the broker refuses this principal the consumer group. Other
     errors (the coordinator not ready yet, say) are left to the consumer, which retries them."""
-    from kafka.errors import GroupAuthorizationFailedError, KafkaError
-
     acl = next(a for a in required_acls(settings) if a.resource == "GROUP")
     try:
-        described = admin.describe_groups([acl.name], include_authorized_operations=True)
-    except GroupAuthorizationFailedError as exc:
+        ops = admin.group_operations(acl.name)
+    except errors.GroupAuthorizationFailedError as exc:
         raise AccessDenied(_denied(acl)) from exc
-    except KafkaError:
+    except errors.KafkaError:
         return
-    group = (described or {}).get(acl.name) if isinstance(described, dict) else None
-    ops = (group or {}).get("authorized_operations")
     if ops is not None and acl.operation not in {str(getattr(o, "name", o)) for o in ops}:
         raise AccessDenied(_denied(acl))
 
 
-def check_access(admin: KafkaAdminClient, settings: Settings) -> None:
+def check_access(admin: Admin, settings: Settings) -> None:
     """The start-up check: every topic ACL, then the group (see the module docstring)."""
     check_topics(admin, settings)
     check_group(admin, settings)
@@ -264,8 +223,9 @@ def explain_refusal(fault: str, settings: Settings) -> str | None:
     """One line for a connection fault that retrying cannot fix (credentials, certificates, a
     protocol mismatch); None for faults that may pass (the broker down, a timeout)."""
     k = settings.kafka
+    seen = _normal(fault)
     for needles, text in _REFUSALS:
-        if any(n in fault for n in needles):
+        if any(_normal(n) in seen for n in needles):
             return text.format(
                 mech=k.sasl_mechanism,
                 user=k.sasl_username or k.sasl_oauth_client_id,
@@ -277,16 +237,34 @@ def explain_refusal(fault: str, settings: Settings) -> str | None:
     return None
 
 
+def _normal(text: str) -> str:
+    """Faults as both clients word them: OpenSSL's reason codes (``CERTIFICATE_VERIFY_FAILED``)
+    through Python's ssl module, its reason strings (``certificate verify failed``) through
+    librdkafka."""
+    return text.lower().replace("_", " ")
+
+
+def closed_during_sasl(protocol: str, faults: list[str]) -> str:
+    """The second possibility, for a SASL listener that only ever closed the connection: a
+    broker that answers bad credentials with a bare close (no error response) looks like this
+    from the client's side, so the line names both causes and what to check first."""
+    if not protocol.startswith("SASL") or not any("socket disconnected" in f for f in faults):
+        return ""
+    return (
+        "; the broker accepted the connection and then closed it, which is also how a broker "
+        "without SaslAuthenticate error responses refuses credentials: check "
+        "kafka.sasl_username and the password first, then the broker's log"
+    )
+
+
 def authorization_cause(exc: BaseException) -> BaseException | None:
     """The Kafka refusal behind ``exc`` (itself or a cause), if any: an authorization error, or
     credentials refused when a connection (re)authenticates (rotated or deleted meanwhile)."""
-    from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
-
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
             return None
-        if isinstance(seen, AuthorizationError | SaslAuthenticationFailedError):
+        if isinstance(seen, errors.AuthorizationError | errors.SaslAuthenticationFailedError):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
@@ -314,8 +292,6 @@ def explain_authorization(exc: BaseException, settings: Settings, writing: bool 
     or removed), naming the ACL this configuration lists for it (for a topic read and written,
     WRITE when ``writing``); None for other errors."""
     import re
-
-    from kafka import errors
 
     acls = required_acls(settings)
 

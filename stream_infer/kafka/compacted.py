@@ -10,9 +10,9 @@ import logging
 import time
 from collections.abc import Iterable
 
-from kafka import KafkaConsumer, TopicPartition
-
 from stream_infer.config import Settings
+from stream_infer.kafka import make_reader
+from stream_infer.kafka.types import TopicPartition
 
 logger = logging.getLogger(__name__)
 
@@ -22,37 +22,28 @@ def read_changelog(
 ) -> dict[bytes, tuple[int, bytes | None]]:
     """Latest value per key in the given changelog partitions: key -> (partition, value).
 
-    Reads committed records only, from the beginning to the end offsets taken at the start.
+    Reads committed records only, from the beginning to the end offsets taken at the start
+    (the last stable offsets), with either client (``stream_infer.kafka.make_reader``).
     Tombstones are returned as ``None`` values (the caller deletes those entities).
     """
     parts = [TopicPartition(settings.changelog_topic, p) for p in sorted(set(partitions))]
     if not parts:
         return {}
-    from stream_infer.kafka import kafka_python
-
-    kafka_python.apply()
-    consumer = KafkaConsumer(
-        **settings.kafka.client_kwargs("changelog"),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_poll_records=50_000,
-    )
+    reader = make_reader(settings, "changelog")
     try:
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
+        reader.assign_from_beginning(parts)
+        end = reader.end_offsets(parts)
         latest: dict[bytes, tuple[int, bytes | None]] = {}
         deadline = time.monotonic() + timeout_s
         todo = {tp for tp in parts if end[tp] > 0}
         while todo:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"changelog restore did not finish in {timeout_s}s")
-            for tp, recs in consumer.poll(timeout_ms=500).items():
+            for tp, recs in reader.poll(timeout_ms=500).items():
                 for r in recs:
                     if r.key is not None:
                         latest[r.key] = (tp.partition, r.value)
-            todo = {tp for tp in todo if consumer.position(tp) < end[tp]}
+            todo = {tp for tp in todo if reader.position(tp) < end[tp]}
         return latest
     finally:
-        consumer.close()
+        reader.close()

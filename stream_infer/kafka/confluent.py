@@ -4,7 +4,10 @@ librdkafka fetches, checks CRCs, decompresses, batches and sends in C threads, w
 the Python side of a record costs a few attribute reads on the way in and one ``produce`` call on
 the way out. Rebalance callbacks run inside ``poll`` on the calling thread (as with kafka-python,
 where they run while the poll waits), followed by the incremental assign or unassign of the
-cooperative-sticky protocol. Errors come back as ``kafka.errors`` classes (``translate``).
+cooperative-sticky protocol. Errors come back as the project's ``errors`` classes
+(``translate``). The admin calls (``ConfluentAdmin``, on ``confluent_kafka.admin.AdminClient``)
+and the readers outside the group (``ConfluentReader``: the changelog restore, the metadata
+probe) are librdkafka's too, with the same connection and security settings (``base_config``).
 
 librdkafka reports some failures out of band (``error_cb``): refused credentials and fatal
 errors are raised at the next ``poll`` or ``produce``; transport errors, which it retries on
@@ -21,13 +24,19 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import confluent_kafka as ck
-from kafka import TopicPartition
-from kafka import errors as kerr
-from kafka.structs import OffsetAndMetadata
 
 from stream_infer.errors import ConfigError
-from stream_infer.kafka import heartbeat_interval_ms, max_request_bytes, producer_batch_bytes
-from stream_infer.kafka.types import ConsumedRecord, ErrorCallback, StableOffset, unhandled
+from stream_infer.kafka import errors as kerr
+from stream_infer.kafka.sizing import heartbeat_interval_ms, max_request_bytes, producer_batch_bytes
+from stream_infer.kafka.types import (
+    AclSpec,
+    ConsumedRecord,
+    ErrorCallback,
+    OffsetAndMetadata,
+    StableOffset,
+    TopicPartition,
+    unhandled,
+)
 
 if TYPE_CHECKING:
     from stream_infer.config import KafkaSettings, Settings
@@ -55,7 +64,7 @@ _FENCED_CODES = {_E._FENCED, 90, 47}  # PRODUCER_FENCED, INVALID_PRODUCER_EPOCH
 
 
 def translate(err: ck.KafkaError, about: str = "") -> kerr.KafkaError:
-    """librdkafka's error as the ``kafka.errors`` class of the same broker error code (or the
+    """librdkafka's error as the project's ``errors`` class of the same broker error code (or the
     nearest for a local one), its message naming ``about`` (e.g. the topic) when given."""
     code = err.code()
     text = f"{err.str()}{f' ({about})' if about else ''}"
@@ -67,7 +76,7 @@ def translate(err: ck.KafkaError, about: str = "") -> kerr.KafkaError:
     else:
         cls = _LOCAL.get(code, kerr.KafkaError)
     exc = cls(text)
-    exc.librdkafka = err  # type: ignore[attr-defined]
+    exc.origin = err
     return exc
 
 
@@ -168,8 +177,8 @@ class _OutOfBand:
 
 
 def _fatal(exc: BaseException) -> bool:
-    err = getattr(exc, "librdkafka", None)
-    if err is None or err.code() in _REFUSALS:
+    err = getattr(exc, "origin", None)
+    if not isinstance(err, ck.KafkaError) or err.code() in _REFUSALS:
         return False
     return bool(err.fatal() or err.code() == _E._FATAL)
 
@@ -466,7 +475,12 @@ class _Abandoned:
 
 
 def _make(cls: Any, conf: dict[str, Any]) -> Any:
-    """A librdkafka client; settings it refuses end the start with one line."""
+    """A librdkafka client; settings it refuses end the start with one line, as does a token
+    endpoint that refuses or cannot be reached (asked here first: librdkafka would wait 10 s
+    for a token and then report only that none came)."""
+    oauth_cb = conf.get("oauth_cb")
+    if oauth_cb is not None:
+        oauth_cb(conf.get("sasl.oauthbearer.config", ""))  # the provider keeps the token
     try:
         return cls(conf)
     except ck.KafkaException as exc:
@@ -619,3 +633,344 @@ class ConfluentProducer:
 
     def close(self, timeout: float | None = None) -> None:
         self.flush_within(timeout)
+
+
+# --- outside the group: the admin client and the readers --------------------------------------
+
+
+class _Faults:
+    """``error_cb`` of an admin client or a reader: until the first connection every distinct
+    error is kept (the start names the cause from them); after it, refusals and fatal errors
+    are kept for the next call to raise and the rest logged at most once every 5 s."""
+
+    def __init__(self, what: str) -> None:
+        self.seen: dict[str, None] = {}
+        self.connected = False
+        self._out_of_band = _OutOfBand(what)
+        # librdkafka's log lines of this client: held back until it connects (the start's
+        # one line names the cause from ``seen``), then those of every client.
+        self.logger = logging.Logger(_LIBRDKAFKA_LOG.name)
+        self.logger.parent = _LIBRDKAFKA_LOG
+        self.logger.addFilter(lambda _record: self.connected)
+        self.logger.addFilter(_OncePerWhile())
+
+    def __call__(self, err: ck.KafkaError) -> None:
+        if not self.connected:
+            if err.code() != _E._ALL_BROKERS_DOWN or not self.seen:
+                self.seen[err.str()] = None
+            return
+        self._out_of_band(err)
+
+    def last(self) -> str | None:
+        return next(reversed(self.seen), None)
+
+    def raise_pending(self) -> None:
+        self._out_of_band.raise_pending()
+
+
+_ATTEMPT_S = 2.0  # one metadata request at start, before the faults seen are checked
+
+
+def connect_admin(settings: Settings, timeout_s: float) -> ConfluentAdmin:
+    """An admin client that reached the brokers within ``timeout_s``; else a ``ConfigError`` in
+    one line: the refusal (credentials, certificates, protocol) as soon as librdkafka reports
+    it, or the last connection error when the time is up."""
+    from confluent_kafka.admin import AdminClient
+
+    from stream_infer.kafka.access import closed_during_sasl, explain_refusal
+
+    k = settings.kafka
+    faults = _Faults("admin")
+    conf = base_config(k, "admin")
+    conf["error_cb"] = faults
+    conf["logger"] = faults.logger
+    # librdkafka's admin client is a producer inside, which asks the broker to create a topic
+    # it asks about: a topic looked up must stay missing (ensure_topics creates it as it needs).
+    conf["allow.auto.create.topics"] = False
+    admin = _make(AdminClient, conf)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            admin.list_topics(timeout=max(0.1, min(_ATTEMPT_S, left)))
+        except ck.KafkaException as exc:
+            failed = _raise(exc)
+        else:
+            faults.connected = True
+            faults.seen.clear()
+            return ConfluentAdmin(admin, k.request_timeout_ms / 1000.0, faults)
+        admin.poll(0)  # serve error_cb
+        seen = [_with_tls_detail(f, k) for f in faults.seen]
+        refused = next(filter(None, (explain_refusal(f, settings) for f in seen)), None)
+        if refused:
+            raise ConfigError(f"Kafka at {k.bootstrap_servers} refused the connection: {refused}") from failed
+        if time.monotonic() >= deadline:
+            cause = faults.last() or str(failed)
+            raise ConfigError(
+                f"cannot reach Kafka at {k.bootstrap_servers} within {timeout_s:g} s: {cause}"
+                + closed_during_sasl(k.security_protocol, list(faults.seen))
+            ) from failed
+
+
+def _with_tls_detail(fault: str, k: KafkaSettings) -> str:
+    """librdkafka says "certificate verify failed" both for a CA that did not sign the broker's
+    certificate and for a host name the certificate does not name: the reason is asked of a
+    TLS handshake of Python's own with the same CA and host (OpenSSL's verify message)."""
+    if "certificate verify failed" not in fault.lower():
+        return fault
+    import socket
+    import ssl
+
+    host, _, port = k.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    try:
+        ctx = ssl.create_default_context(cafile=str(k.ssl_cafile) if k.ssl_cafile else None)
+        ctx.check_hostname = k.ssl_check_hostname
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as sock,
+            ctx.wrap_socket(sock, server_hostname=host),
+        ):
+            return fault
+    except ssl.SSLCertVerificationError as exc:
+        return f"{fault} ({exc.verify_message})"
+    except (OSError, ValueError):
+        return fault
+
+
+def _result(future: Any, about: str = "") -> Any:
+    """A future's result; librdkafka's error as the project's."""
+    try:
+        return future.result()
+    except ck.KafkaException as exc:
+        raise _raise(exc, about) from None
+
+
+class ConfluentAdmin:
+    """``types.Admin`` on ``confluent_kafka.admin.AdminClient``."""
+
+    client = "confluent-kafka"
+
+    def __init__(self, admin: Any, timeout_s: float, faults: _Faults) -> None:
+        self._a = admin
+        self._timeout_s = timeout_s
+        self._faults = faults
+
+    def partitions(self, topic: str) -> int | None:
+        try:
+            md = self._a.list_topics(topic, timeout=self._timeout_s)
+        except ck.KafkaException:
+            return None
+        t = md.topics.get(topic)
+        if t is None or t.error is not None:
+            return None
+        return len(t.partitions) or None
+
+    def create_topic(self, name: str, partitions: int, configs: dict[str, str] | None = None) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        new = NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(configs or {}))
+        futures = self._a.create_topics([new], request_timeout=self._timeout_s)
+        _result(futures[name], f"topic {name}")
+
+    def topic_operations(self, topics: list[str]) -> dict[str, set[str] | None]:
+        allowed: dict[str, set[str] | None] = {}
+        if not topics:
+            return allowed
+        futures = self._a.describe_topics(
+            ck.TopicCollection(list(topics)),
+            include_authorized_operations=True,
+            request_timeout=self._timeout_s,
+        )
+        for name, future in futures.items():
+            try:
+                desc = _result(future, f"topic {name}")
+            except kerr.UnknownTopicOrPartitionError:
+                continue
+            except kerr.TopicAuthorizationFailedError:
+                allowed[name] = set()
+                continue
+            ops = getattr(desc, "authorized_operations", None)
+            allowed[name] = None if ops is None else {str(getattr(o, "name", o)) for o in ops}
+        return allowed
+
+    def group_operations(self, group: str) -> set[str] | None:
+        futures = self._a.describe_consumer_groups(
+            [group], include_authorized_operations=True, request_timeout=self._timeout_s
+        )
+        desc = _result(futures[group], f"group {group}")
+        ops = getattr(desc, "authorized_operations", None)
+        return None if ops is None else {str(getattr(o, "name", o)) for o in ops}
+
+    def _config(self, kind: str, name: str, key: str) -> str | None:
+        from confluent_kafka.admin import ConfigResource
+
+        resource = ConfigResource(kind, name)
+        try:
+            futures = self._a.describe_configs([resource], request_timeout=self._timeout_s)
+            entries = _result(next(iter(futures.values())))
+        except (kerr.KafkaError, StopIteration):
+            return None
+        entry = entries.get(key)
+        return None if entry is None or entry.value is None else str(entry.value)
+
+    def topic_config(self, topic: str, name: str) -> str | None:
+        return self._config("topic", topic, name)
+
+    def broker_config(self, name: str) -> str | None:
+        try:
+            cluster = _result(self._a.describe_cluster(request_timeout=self._timeout_s))
+            broker = str(cluster.nodes[0].id)
+        except (kerr.KafkaError, IndexError, AttributeError):
+            return None
+        return self._config("broker", broker, name)
+
+    def create_acls(self, acls: list[AclSpec], principal: str) -> None:
+        from confluent_kafka.admin import (
+            AclBinding,
+            AclOperation,
+            AclPermissionType,
+            ResourcePatternType,
+            ResourceType,
+        )
+
+        bindings = [
+            AclBinding(
+                ResourceType["BROKER" if a.resource == "CLUSTER" else a.resource],
+                "kafka-cluster" if a.resource == "CLUSTER" else a.name,
+                ResourcePatternType[a.pattern],
+                principal,
+                "*",
+                AclOperation[a.operation],
+                AclPermissionType.ALLOW,
+            )
+            for a in acls
+        ]
+        if not bindings:
+            return
+        for binding, future in self._a.create_acls(bindings, request_timeout=self._timeout_s).items():
+            try:
+                _result(future)
+            except kerr.KafkaError as exc:
+                raise type(exc)(f"could not create ACL {binding}: {exc}") from exc
+
+    def close(self) -> None:
+        """librdkafka's admin client ends when the last reference goes."""
+        self._a = _Abandoned()
+
+
+# Errors about the consumer group alone (its coordinator's lookup): not a reader's concern.
+_GROUP_ONLY = {
+    30,
+    15,
+    14,
+    16,
+}  # GROUP_AUTHORIZATION_FAILED, COORDINATOR_NOT_AVAILABLE, ..._LOAD_IN_PROGRESS, NOT_COORDINATOR
+
+
+class ConfluentReader:
+    """``stream_infer.kafka.Reader`` on a librdkafka consumer that only assigns (no group is
+    joined, nothing committed), ``read_committed``. End offsets are the last stable offsets
+    (``list_offsets`` of an admin client, ``read_committed``), as kafka-python's ``end_offsets``
+    of a ``read_committed`` consumer; a partition whose end librdkafka reports (partition EOF,
+    past any transaction markers) counts as read to there."""
+
+    def __init__(self, settings: Settings, role: str) -> None:
+        k = settings.kafka
+        self._settings = settings
+        self._role = role
+        self._timeout_s = k.request_timeout_ms / 1000.0
+        self._errors = _Faults(role)
+        self._errors.connected = True
+        conf = base_config(k, role)
+        conf.update(
+            {
+                # librdkafka needs a group id, and looks up its coordinator even for a
+                # consumer that only assigns (never joins, never commits): the service's own
+                # group, on which this principal has READ (and so DESCRIBE) already.
+                "group.id": k.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "error_cb": self._errors,
+            }
+        )
+        self._c = _make(ck.Consumer, conf)
+        self._eof: dict[TopicPartition, int] = {}
+        self._next: dict[TopicPartition, int] = {}
+
+    def partitions_for(self, topic: str) -> set[int] | None:
+        try:
+            md = self._c.list_topics(topic, timeout=self._timeout_s)
+        except ck.KafkaException as exc:
+            raise _raise(exc, f"topic {topic}") from None
+        t = md.topics.get(topic)
+        if t is None or t.error is not None:
+            return None
+        return set(t.partitions)
+
+    def assign_from_beginning(self, partitions: list[TopicPartition]) -> None:
+        try:
+            self._c.assign(
+                [ck.TopicPartition(tp.topic, tp.partition, ck.OFFSET_BEGINNING) for tp in partitions]
+            )
+        except ck.KafkaException as exc:
+            raise _raise(exc) from None
+
+    def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        from confluent_kafka import IsolationLevel
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        conf = base_config(self._settings.kafka, f"{self._role}-offsets")
+        conf["error_cb"] = self._errors
+        conf["allow.auto.create.topics"] = False
+        admin = _make(AdminClient, conf)
+        futures = admin.list_offsets(
+            {ck.TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in partitions},
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=self._timeout_s,
+        )
+        return {
+            TopicPartition(p.topic, p.partition): int(_result(f, f"{p.topic}[{p.partition}]").offset)
+            for p, f in futures.items()
+        }
+
+    def position(self, partition: TopicPartition) -> int:
+        (p,) = self._c.position([ck.TopicPartition(partition.topic, partition.partition)])
+        known = max(self._next.get(partition, 0), self._eof.get(partition, 0))
+        return max(known, int(p.offset)) if p.offset is not None and p.offset >= 0 else known
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumedRecord]]:
+        try:
+            msgs = self._c.consume(50_000, timeout_ms / 1000.0)
+        except ck.KafkaException as exc:
+            raise _raise(exc) from None
+        self._errors.raise_pending()
+        out: dict[TopicPartition, list[ConsumedRecord]] = {}
+        for m in msgs:
+            err = m.error()
+            tp = TopicPartition(m.topic(), m.partition())  # type: ignore[arg-type]
+            if err is not None:
+                if err.code() == _E._PARTITION_EOF:
+                    self._eof[tp] = max(self._eof.get(tp, 0), int(m.offset()))  # type: ignore[arg-type]
+                    continue
+                if m.topic() is None and err.code() in _GROUP_ONLY:
+                    continue  # about the group, which this reader never uses
+                raise translate(err, f"topic {m.topic()}")
+            offset = int(m.offset())  # type: ignore[arg-type]
+            self._next[tp] = offset + 1
+            out.setdefault(tp, []).append(
+                ConsumedRecord(
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    m.timestamp()[1],
+                    m.key(),
+                    m.value(),
+                    m.headers() or (),  # type: ignore[arg-type]
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        self._c.close()

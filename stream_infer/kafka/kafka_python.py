@@ -3,7 +3,11 @@ kafka-python's internals (nowhere else in the package touches them).
 
 ``KafkaPythonConsumer`` and ``KafkaPythonProducer`` are kafka-python's own clients with the few
 calls the layer adds (``group_settled``, ``stable_offset``; ``produce`` with one error callback,
-``key_partitions``, ``commit_transaction_with``, ``abandon``).
+``key_partitions``, ``commit_transaction_with``, ``abandon``). At their boundary they speak the
+layer's types: the project's ``TopicPartition``/``OffsetAndMetadata`` (converted to
+kafka-python's where it checks ``isinstance``), ``ConsumedRecord`` from ``poll``, and the
+project's ``errors`` (kafka-python's are translated by class name, ``translate``). The admin
+client, the reader outside the group and the OAuth token provider are in ``kafka_python_admin``.
 
 ``apply()`` patches the client once, before any consumer is made: the group join fix and the
 last stable offset tracking below. Both are guarded on the attributes they use: with another
@@ -43,21 +47,33 @@ refusal), and only then closes the transport.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, cast
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+import kafka
+import kafka.errors as kerr
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import Fetcher
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.consumer import ConsumerCoordinator
-from kafka.errors import KafkaError, KafkaProtocolError, KafkaTimeoutError
+from kafka.errors import KafkaProtocolError
 from kafka.net.transport import KafkaTCPTransport
 from kafka.partitioner.default import DefaultPartitioner, murmur2
-from kafka.structs import MemberState, OffsetAndMetadata
+from kafka.structs import MemberState
 
-from stream_infer.kafka.types import ErrorCallback, StableOffset, unhandled
+from stream_infer.kafka import errors
+from stream_infer.kafka.types import (
+    ConsumedRecord,
+    ErrorCallback,
+    OffsetAndMetadata,
+    RebalanceListener,
+    StableOffset,
+    TopicPartition,
+    unhandled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +81,85 @@ _PATCHED = "_stream_infer_join_fix"
 _LSO_PATCHED = "_stream_infer_lso_tracked"
 _LSO = "_stream_infer_lso"  # on kafka-python's per-partition state: (hw, lso, stuck since)
 _READ_PATCHED = "_stream_infer_reads_before_close"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def translate(exc: BaseException) -> BaseException:
+    """kafka-python's error as the project's class of the same name (or of the nearest base
+    class it has), with the same message; other exceptions unchanged."""
+    if not isinstance(exc, kerr.KafkaError):
+        return exc
+    cls: type[errors.KafkaError] = errors.KafkaError
+    for base in type(exc).__mro__:
+        found = errors.by_name(base.__name__)
+        if found is not None:
+            cls = found
+            break
+    ours = cls(*exc.args)
+    ours.origin = exc
+    for attr in ("unauthorized_topics",):
+        if hasattr(exc, attr):
+            setattr(ours, attr, getattr(exc, attr))
+    ours.__cause__ = exc
+    return ours
+
+
+def translated(fn: F) -> F:
+    """Raise the project's error for kafka-python's."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except kerr.KafkaError as exc:
+            raise translate(exc) from exc
+
+    return cast(F, call)
+
+
+def to_kafka(tp: TopicPartition) -> kafka.TopicPartition:
+    return kafka.TopicPartition(tp.topic, tp.partition)
+
+
+def from_kafka(tp: Any) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
+
+
+def offsets_to_kafka(
+    offsets: dict[TopicPartition, OffsetAndMetadata],
+) -> dict[kafka.TopicPartition, kafka.OffsetAndMetadata]:
+    return {
+        to_kafka(tp): kafka.OffsetAndMetadata(om.offset, om.metadata, om.leader_epoch)
+        for tp, om in offsets.items()
+    }
+
+
+def records_from_kafka(polled: dict[Any, list[Any]]) -> dict[TopicPartition, list[ConsumedRecord]]:
+    return {
+        TopicPartition(tp.topic, tp.partition): [
+            ConsumedRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, r.headers or ())
+            for r in recs
+        ]
+        for tp, recs in polled.items()
+    }
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The layer's listener as kafka-python's (which checks the class), partitions converted."""
+
+    def __init__(self, listener: RebalanceListener) -> None:
+        self.listener = listener
+
+    def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        self.listener.on_partitions_revoked({from_kafka(tp) for tp in revoked})
+
+    def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        self.listener.on_partitions_assigned({from_kafka(tp) for tp in assigned})
+
+    def on_partitions_lost(self, lost: Iterable[Any]) -> None:
+        self.listener.on_partitions_lost({from_kafka(tp) for tp in lost})
 
 
 def apply() -> bool:
@@ -153,7 +248,7 @@ def _fix_group_join() -> bool:
     return True
 
 
-def stable_offset(consumer: KafkaConsumer, tp: TopicPartition) -> StableOffset | None:
+def stable_offset(consumer: KafkaConsumer, tp: Any) -> StableOffset | None:
     """The LSO of an assigned partition as ``consumer``'s fetches saw it (``apply()`` first).
 
     None until a fetch response for ``tp`` arrived, when ``tp`` is not assigned, or when this
@@ -162,7 +257,8 @@ def stable_offset(consumer: KafkaConsumer, tp: TopicPartition) -> StableOffset |
     local clock from the response that showed the LSO last move (or the gap open), not from the
     latest response. Call it from the thread that polls.
     """
-    seen = getattr(_partition_state(getattr(consumer, "_subscription", None), tp), _LSO, None)
+    state = _partition_state(getattr(consumer, "_subscription", None), to_kafka(tp))
+    seen = getattr(state, _LSO, None)
     if seen is None:
         return None
     hw, lso, since = seen
@@ -218,14 +314,18 @@ _PARTITION_CACHE_MAX = 1_000_000  # keys; cleared (and refilled) past this
 
 
 class KafkaPythonConsumer(KafkaConsumer):  # type: ignore[misc]
-    """kafka-python's consumer with the group join fix applied (``apply``) and the layer's calls."""
+    """kafka-python's consumer with the group join fix applied (``apply``) and the layer's calls,
+    in the layer's types and errors."""
 
     client = "kafka-python"
 
     def __init__(self, **config: Any) -> None:
         apply()  # without it a join can silently keep no partitions
         config.setdefault("partition_assignment_strategy", [CooperativeStickyAssignor])
-        super().__init__(**config)
+        try:
+            super().__init__(**config)
+        except kerr.KafkaError as exc:
+            raise translate(exc) from exc
 
     def group_settled(self) -> bool:
         """Whether the consumer is a joined group member with no rebalance under way (read from
@@ -237,6 +337,84 @@ class KafkaPythonConsumer(KafkaConsumer):  # type: ignore[misc]
     def stable_offset(self, tp: TopicPartition) -> StableOffset | None:
         return stable_offset(self, tp)
 
+    @translated
+    def subscribe(self, topics: Any = (), pattern: Any = None, listener: Any = None) -> None:
+        if listener is not None and not isinstance(listener, ConsumerRebalanceListener):
+            listener = _Listener(listener)
+        super().subscribe(topics, pattern=pattern, listener=listener)
+
+    @translated
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> Any:
+        polled = super().poll(timeout_ms=timeout_ms, max_records=max_records, update_offsets=update_offsets)
+        return records_from_kafka(polled) if polled else {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return {from_kafka(tp) for tp in super().assignment()}
+
+    def paused(self) -> set[TopicPartition]:
+        return {from_kafka(tp) for tp in super().paused()}
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        super().pause(*(to_kafka(tp) for tp in partitions))
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        super().resume(*(to_kafka(tp) for tp in partitions))
+
+    @translated
+    def commit(self, offsets: Any = None, timeout_ms: int | None = None) -> Any:
+        return super().commit(
+            offsets if offsets is None else offsets_to_kafka(offsets), timeout_ms=timeout_ms
+        )
+
+    @translated
+    def commit_async(self, offsets: Any = None, callback: Any = None) -> Any:
+        def done(offs: Any, response: Any) -> None:
+            if isinstance(response, BaseException):
+                response = translate(response)
+            if isinstance(offs, dict):
+                offs = {from_kafka(tp): om for tp, om in offs.items()}
+            callback(offs, response)
+
+        return super().commit_async(
+            offsets if offsets is None else offsets_to_kafka(offsets), callback if callback is None else done
+        )
+
+    @translated
+    def committed(self, partition: TopicPartition, timeout_ms: int | None = None) -> int | None:
+        return super().committed(to_kafka(partition), timeout_ms=timeout_ms)  # type: ignore[no-any-return]
+
+    @translated
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        super().seek(to_kafka(partition), offset)
+
+    @translated
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        super().seek_to_beginning(*(to_kafka(tp) for tp in partitions))
+
+    @translated
+    def seek_to_end(self, *partitions: TopicPartition) -> None:
+        super().seek_to_end(*(to_kafka(tp) for tp in partitions))
+
+    @translated
+    def position(self, partition: TopicPartition, timeout_ms: int | None = None) -> int | None:
+        return super().position(to_kafka(partition), timeout_ms=timeout_ms)  # type: ignore[no-any-return]
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return super().highwater(to_kafka(partition))  # type: ignore[no-any-return]
+
+    @translated
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        super().assign([to_kafka(tp) for tp in partitions])
+
+    @translated
+    def end_offsets(self, partitions: list[TopicPartition], timeout_ms: int | None = None) -> Any:
+        ends = super().end_offsets([to_kafka(tp) for tp in partitions], timeout_ms=timeout_ms)
+        return {from_kafka(tp): o for tp, o in ends.items()}
+
+    @translated
+    def close(self, autocommit: bool = True, timeout_ms: int | None = None) -> None:
+        super().close(autocommit=autocommit, timeout_ms=timeout_ms)
+
 
 class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
     """kafka-python's producer with the layer's calls. Delivery failures go to ``on_error``."""
@@ -244,7 +422,10 @@ class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
     client = "kafka-python"
 
     def __init__(self, **config: Any) -> None:
-        super().__init__(**config)
+        try:
+            super().__init__(**config)
+        except kerr.KafkaError as exc:
+            raise translate(exc) from exc
         self.on_error: ErrorCallback = unhandled
         self._partition_of: dict[bytes, int] = {}
         self._sorted_partitions: list[int] = []
@@ -257,9 +438,16 @@ class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
-        self.send(
-            topic, key=key, value=value, partition=partition, headers=list(headers) if headers else None
-        ).add_errback(self.on_error)
+        try:
+            future = self.send(
+                topic, key=key, value=value, partition=partition, headers=list(headers) if headers else None
+            )
+        except kerr.KafkaError as exc:
+            raise translate(exc) from exc
+        future.add_errback(self._failed)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.on_error(translate(exc))
 
     def key_partitions(self, topic: str, keys: list[bytes]) -> list[int | None]:
         """Each key's partition as ``DefaultPartitioner`` (murmur2, as the Java client) picks it,
@@ -270,7 +458,7 @@ class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
             return [None] * len(keys)
         try:
             known = self.partitions_for(topic)
-        except KafkaError:
+        except kerr.KafkaError:
             return [None] * len(keys)
         if not known:
             return [None] * len(keys)
@@ -290,9 +478,23 @@ class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
             out.append(p)
         return out
 
+    @translated
     def flush_within(self, timeout_s: float | None = None) -> None:
         self.flush(timeout=timeout_s)
 
+    @translated
+    def init_transactions(self) -> None:
+        super().init_transactions()
+
+    @translated
+    def begin_transaction(self) -> None:
+        super().begin_transaction()
+
+    @translated
+    def close(self, timeout: float | None = None, null_logger: bool = False) -> None:
+        super().close(timeout=timeout, null_logger=null_logger)
+
+    @translated
     def commit_transaction_with(
         self, offsets: dict[TopicPartition, OffsetAndMetadata], group_metadata: Any, timeout_ms: int
     ) -> None:
@@ -302,13 +504,13 @@ class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
         so the transaction manager's results are awaited here with one."""
         tm = self._transaction_manager
         if offsets:
-            self._await(tm.send_offsets_to_transaction(offsets, group_metadata), timeout_ms)
+            self._await(tm.send_offsets_to_transaction(offsets_to_kafka(offsets), group_metadata), timeout_ms)
         self._await(tm.begin_commit(), timeout_ms)
 
     def _await(self, result: Any, timeout_ms: int) -> None:
         self._sender.wakeup()
         if not result.wait(timeout_ms=timeout_ms):
-            raise KafkaTimeoutError(f"no answer to a transactional request in {timeout_ms} ms")
+            raise kerr.KafkaTimeoutError(f"no answer to a transactional request in {timeout_ms} ms")
 
     def abandon(self) -> None:
         """Close at once without delivering what is queued, and wait until every queued record's
@@ -323,4 +525,27 @@ class KafkaPythonProducer(KafkaProducer):  # type: ignore[misc]
             sender.join(10)
 
 
-__all__ = ["KafkaPythonConsumer", "KafkaPythonProducer", "StableOffset", "apply", "stable_offset"]
+def make_reader(settings: Any, role: str) -> Any:
+    """The reader outside any group (``stream_infer.kafka.make_reader``)."""
+    from stream_infer.kafka.kafka_python_admin import KafkaPythonReader
+
+    return KafkaPythonReader(settings, role)
+
+
+def connect_admin(settings: Any, timeout_s: float) -> Any:
+    """The admin client (``stream_infer.kafka.connect_admin``)."""
+    from stream_infer.kafka.kafka_python_admin import connect_admin as connect
+
+    return connect(settings, timeout_s)
+
+
+__all__ = [
+    "KafkaPythonConsumer",
+    "KafkaPythonProducer",
+    "StableOffset",
+    "apply",
+    "connect_admin",
+    "make_reader",
+    "stable_offset",
+    "translate",
+]

@@ -1,7 +1,8 @@
 """SASL/OAUTHBEARER tokens from an OpenID Connect provider (the client credentials grant).
 
-kafka-python asks its ``sasl_oauth_token_provider`` for a token at every (re)connection; this
-provider fetches one from ``kafka.sasl_oauth_token_endpoint_url`` (RFC 6749 4.4: HTTP basic
+Both clients ask for a token at every (re)connection (kafka-python through an
+``AbstractTokenProvider`` adapter in ``kafka_python_admin``, librdkafka through ``oauth_cb``);
+this provider fetches one from ``kafka.sasl_oauth_token_endpoint_url`` (RFC 6749 4.4: HTTP basic
 auth with the client id and secret, ``grant_type=client_credentials``, optional ``scope``) and
 reuses it until 80 % of its lifetime (``expires_in``) has passed, so a fleet of clients asks the
 provider once per token, not once per connection. A refused or unreachable endpoint raises
@@ -20,8 +21,6 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from kafka.net.sasl.oauth import AbstractTokenProvider
-
 from stream_infer.errors import StreamInferError
 
 REFRESH_AT = 0.8  # of a token's lifetime
@@ -32,7 +31,7 @@ class TokenError(StreamInferError):
     """The OIDC provider gave no token."""
 
 
-class OidcTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
+class OidcTokenProvider:
     def __init__(
         self,
         endpoint_url: str,
@@ -42,7 +41,6 @@ class OidcTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
         timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__()
         if urllib.parse.urlsplit(endpoint_url).scheme not in ("https", "http"):
             raise TokenError(f"kafka.sasl_oauth_token_endpoint_url {endpoint_url!r} is not an http(s) URL")
         self.endpoint_url = endpoint_url

@@ -10,7 +10,8 @@ exists keeps its own limit: ``dead_letter_limit_bytes`` reads it, and the sink c
 to fit (``error.value_truncated``) rather than fail on them.
 
 Every client here reaches the brokers within ``kafka.startup_timeout_s`` or fails with one
-``ConfigError`` naming the servers and the cause.
+``ConfigError`` naming the servers and the cause. The admin calls go through the layer's
+``Admin`` (``stream_infer.kafka.connect_admin``), so either client serves them.
 """
 
 from __future__ import annotations
@@ -18,39 +19,28 @@ from __future__ import annotations
 import logging
 import time
 
-from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import AuthorizationError, KafkaError, TopicAlreadyExistsError
-
 from stream_infer.config import Settings
 from stream_infer.errors import ConfigError
-from stream_infer.kafka import max_request_bytes
-from stream_infer.kafka.access import check_access, denied, explain_refusal
-from stream_infer.logs import kafka_connected, kafka_startup_fault, kafka_startup_faults
+from stream_infer.kafka import connect_admin
+from stream_infer.kafka.access import check_access, denied
+from stream_infer.kafka.errors import AuthorizationError, TopicAlreadyExistsError
+from stream_infer.kafka.sizing import max_request_bytes
+from stream_infer.kafka.types import Admin
 from stream_infer.pipeline.sink import DEAD_LETTER_HEADROOM_BYTES
 
 logger = logging.getLogger(__name__)
 
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # the broker's message.max.bytes unless configured
-_ATTEMPT_MS = 2_000  # one bootstrap attempt at start, before the faults seen are checked
 _warned: set[tuple[str, int]] = set()  # (topic, max.message.bytes) already warned about
 
 
-def partitions_of(admin: KafkaAdminClient, topic: str) -> int | None:
-    try:
-        desc = admin.describe_topics([topic])
-    except KafkaError:
-        return None
-    if not desc or desc[0].get("error_code", 0) != 0:
-        return None
-    return len(desc[0]["partitions"]) or None
+def partitions_of(admin: Admin, topic: str) -> int | None:
+    return admin.partitions(topic)
 
 
-def create_topic(
-    admin: KafkaAdminClient, name: str, partitions: int, configs: dict[str, str] | None = None
-) -> None:
+def create_topic(admin: Admin, name: str, partitions: int, configs: dict[str, str] | None = None) -> None:
     try:
-        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs or {})])
+        admin.create_topic(name, partitions, configs)
         logger.info("created topic %s (%d partitions)", name, partitions)
     except TopicAlreadyExistsError:
         pass
@@ -71,7 +61,7 @@ def ensure_topics(settings: Settings, timeout_s: float | None = None) -> int:
         admin.close()
 
 
-def _ensure_topics(admin: KafkaAdminClient, settings: Settings) -> int:
+def _ensure_topics(admin: Admin, settings: Settings) -> int:
     check_access(admin, settings)  # first: a topic this principal may not see looks missing
     t = settings.topics
     n = partitions_of(admin, t.input)
@@ -113,7 +103,7 @@ def _ensure_topics(admin: KafkaAdminClient, settings: Settings) -> int:
     return n
 
 
-def _wait_partitions(admin: KafkaAdminClient, topic: str, timeout_s: float) -> int | None:
+def _wait_partitions(admin: Admin, topic: str, timeout_s: float) -> int | None:
     deadline = time.monotonic() + timeout_s
     while True:
         n = partitions_of(admin, topic)
@@ -215,72 +205,25 @@ def access_rule(settings: Settings) -> str:
     return "kafka access ok: the topics that exist and the group allow what this configuration needs"
 
 
-def _max_message_bytes(admin: KafkaAdminClient, topic: str) -> int | None:
+def _max_message_bytes(admin: Admin, topic: str) -> int | None:
     """The topic's effective ``max.message.bytes``; None if the topic does not exist (or may
-    not be described: kafka-python answers both with no configs)."""
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, ["max.message.bytes"])
+    not be described)."""
     try:
-        described = admin.describe_configs([resource], config_filter="all")
-        return int(described["topic"][topic]["max.message.bytes"]["value"])
-    except (KafkaError, KeyError, TypeError, ValueError):
+        return int(admin.topic_config(topic, "max.message.bytes") or "")
+    except ValueError:
         return None
 
 
-def _broker_max_message_bytes(admin: KafkaAdminClient) -> int:
+def _broker_max_message_bytes(admin: Admin) -> int:
     """The brokers' default for topics (``message.max.bytes``), or Kafka's default if it cannot
     be read (e.g. no DescribeConfigs permission on the cluster)."""
     try:
-        broker = str(admin.describe_cluster()["brokers"][0]["broker_id"])
-        resource = ConfigResource(ConfigResourceType.BROKER, broker, ["message.max.bytes"])
-        described = admin.describe_configs([resource], config_filter="all")
-        return int(described["broker"][broker]["message.max.bytes"]["value"])
-    except (KafkaError, KeyError, IndexError, TypeError, ValueError):
+        return int(admin.broker_config("message.max.bytes") or "")
+    except ValueError:
         return KAFKA_DEFAULT_MAX_MESSAGE_BYTES
 
 
-def admin_client(settings: Settings, timeout_s: float | None = None) -> KafkaAdminClient:
-    """An admin client connected within ``timeout_s`` (default ``kafka.startup_timeout_s``).
-
-    The first success lets kafka-python's own warnings through (``logs.kafka_connected``);
-    until then its line per failed attempt is held back and the last one becomes the cause in
-    the ``ConfigError``."""
-    from stream_infer.kafka import kafka_python
-
-    kafka_python.apply()  # a refusal's answer read together with the close is kept
-    k = settings.kafka
-    timeout_s = k.startup_timeout_s if timeout_s is None else timeout_s
-    deadline = time.monotonic() + timeout_s
-    while True:
-        # Short attempts: a refusal (credentials, certificates) ends the start at once.
-        left_ms = max(1, min(_ATTEMPT_MS, int((deadline - time.monotonic()) * 1000)))
-        try:
-            admin = KafkaAdminClient(**k.client_kwargs("admin"), bootstrap_timeout_ms=left_ms)
-        except KafkaError as exc:
-            refused = next(filter(None, (explain_refusal(f, settings) for f in kafka_startup_faults())), None)
-            if refused:
-                raise ConfigError(
-                    f"Kafka at {k.bootstrap_servers} refused the connection: {refused}"
-                ) from exc
-            if time.monotonic() >= deadline:
-                cause = kafka_startup_fault() or str(exc)
-                raise ConfigError(
-                    f"cannot reach Kafka at {k.bootstrap_servers} within {timeout_s:g} s: {cause}"
-                    + _closed_during_sasl(k.security_protocol, kafka_startup_faults())
-                ) from exc
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            continue
-        kafka_connected()
-        return admin
-
-
-def _closed_during_sasl(protocol: str, faults: list[str]) -> str:
-    """The second possibility, for a SASL listener that only ever closed the connection: a
-    broker that answers bad credentials with a bare close (no error response) looks like this
-    from the client's side, so the line names both causes and what to check first."""
-    if not protocol.startswith("SASL") or not any("socket disconnected" in f for f in faults):
-        return ""
-    return (
-        "; the broker accepted the connection and then closed it, which is also how a broker "
-        "without SaslAuthenticate error responses refuses credentials: check "
-        "kafka.sasl_username and the password first, then the broker's log"
-    )
+def admin_client(settings: Settings, timeout_s: float | None = None) -> Admin:
+    """An admin client connected within ``timeout_s`` (default ``kafka.startup_timeout_s``), by
+    ``kafka.client`` (``stream_infer.kafka.connect_admin``)."""
+    return connect_admin(settings, timeout_s)

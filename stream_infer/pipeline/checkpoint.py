@@ -72,16 +72,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import TopicPartition
-from kafka.errors import (
-    CommitFailedError,
-    IllegalGenerationError,
-    KafkaError,
-    ProducerFencedError,
-    RebalanceInProgressError,
-    UnknownMemberIdError,
-)
-from kafka.structs import OffsetAndMetadata
 from tenacity import (
     retry,
     retry_if_exception_type,
@@ -94,6 +84,15 @@ from stream_infer.config import Settings
 from stream_infer.errors import SinkError
 from stream_infer.kafka import Consumer, Producer, make_producer
 from stream_infer.kafka.access import authorization_cause
+from stream_infer.kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    ProducerFencedError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+from stream_infer.kafka.types import OffsetAndMetadata, TopicPartition
 from stream_infer.metrics import Metrics
 from stream_infer.pipeline.sink import Sink
 from stream_infer.state.store import EntityStore

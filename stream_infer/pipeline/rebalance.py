@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from stream_infer.health import Health
-from stream_infer.kafka import Consumer, TopicPartition
+from stream_infer.kafka import Consumer
+from stream_infer.kafka.types import RebalanceListener, TopicPartition
 from stream_infer.metrics import Metrics
 from stream_infer.pipeline.checkpoint import Checkpointer
 from stream_infer.state.store import EntityStore
@@ -59,7 +60,7 @@ class Restorer:
         self.metrics.entities(len(self.store), self.store.on_disk)
 
 
-class Rebalancer:
+class Rebalancer(RebalanceListener):
     """The group consumer's rebalance listener (``Consumer.subscribe(listener=...)``)."""
 
     def __init__(

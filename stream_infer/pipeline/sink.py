@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kafka.errors import AuthorizationError, KafkaError
 
 from stream_infer.errors import SinkError
 from stream_infer.kafka import Producer
+from stream_infer.kafka.errors import AuthorizationError, KafkaError
 from stream_infer.model.heads import Head
 from stream_infer.records import InvalidMessage, WindowBatch
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import MessageSizeTooLargeError
 
 from stream_infer.config import Settings, load_settings
 from stream_infer.errors import ConfigError, SinkError
 from stream_infer.kafka import make_producer, max_request_bytes
+from stream_infer.kafka.errors import MessageSizeTooLargeError
 from stream_infer.kafka.kafka_python import KafkaPythonProducer
 from stream_infer.kafka.topics import (
     dead_letter_limit_bytes,

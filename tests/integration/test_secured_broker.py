@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from stream_infer.config import load_settings
-from stream_infer.kafka.access import Acl, kafka_python_acls, required_acls
+from stream_infer.kafka.access import Acl, required_acls
+from stream_infer.kafka.kafka_python_admin import kafka_python_acls
 from tests.conftest import KAFKA_SH
 from tests.processes import (
     SECURED,

@@ -41,7 +41,12 @@ EXTRA_ONLY = (
     "cuda",
     "matplotlib",
     "pyinstrument",
+    # [registry]
+    "fastavro",
+    "grpc_tools",
 )
+# [kafka-python]: left out of the serving install too, unless it is the client under test.
+KAFKA_PYTHON = ("kafka", "crc32c")
 
 
 def test_the_serving_dependencies_leave_out_training_benchmarks_and_gpu() -> None:
@@ -49,7 +54,11 @@ def test_the_serving_dependencies_leave_out_training_benchmarks_and_gpu() -> Non
     core = " ".join(project["dependencies"]).lower()
     for heavy in ("torch", "onnxscript", "pyts", "scikit", "av>", "tqdm", "matplotlib", "tensorrt"):
         assert heavy not in core, f"{heavy} is a serving dependency"
-    assert {"train", "gpu", "bench", "dev"} <= set(project["optional-dependencies"])
+    assert {"train", "gpu", "bench", "dev", "kafka-python", "registry"} <= set(
+        project["optional-dependencies"]
+    )
+    for extra_only in ("kafka-python", "crc32c", "fastavro", "grpcio-tools"):
+        assert extra_only not in core, f"{extra_only} is a serving dependency"
 
 
 def test_serve_runs_end_to_end_without_the_extras(
@@ -59,10 +68,11 @@ def test_serve_runs_end_to_end_without_the_extras(
     streams = entity_streams(4, 2, seed=5)
     ref = reference(artifact, streams)
     cfg = service_config(kafka_bootstrap, topic, artifact, "a", logging={"format": "json"})
-    check = run_cli("serve", "--check", "--config", str(_write(tmp_path, cfg)), without=EXTRA_ONLY)
+    without = EXTRA_ONLY + (() if cfg["kafka"].get("client") == "kafka-python" else KAFKA_PYTHON)
+    check = run_cli("serve", "--check", "--config", str(_write(tmp_path, cfg)), without=without)
     assert check.returncode == 0, check.stderr
     assert "engine ok" in check.stdout, check.stdout
-    procs.append(p := ServiceProcess(cfg, tmp_path, without=EXTRA_ONLY))
+    procs.append(p := ServiceProcess(cfg, tmp_path, without=without))
     p.wait_ready(120)
     feeders.append(feeder := StreamFeeder(kafka_bootstrap, topic, streams, 400))
     feeder.start()

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from kafka import TopicPartition
-from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from stream_infer.config import load_settings
+from stream_infer.kafka.errors import KafkaTimeoutError
 from stream_infer.metrics import Metrics
 from stream_infer.pipeline.checkpoint import Checkpointer
 from stream_infer.pipeline.sink import Sink

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from kafka import errors
 
 from stream_infer.config import Settings, load_settings
 from stream_infer.errors import SinkError
+from stream_infer.kafka import errors
 from stream_infer.kafka.access import denied, explain_authorization, explain_refusal, render, required_acls
 
 

@@ -1,5 +1,5 @@
 """The client layer's pure parts: which client ``kafka.client`` makes, librdkafka's settings
-from the service's, and librdkafka's errors as the ``kafka.errors`` classes the commit path and
+from the service's, and librdkafka's errors as the project's ``errors`` classes the commit path and
 the access checks handle. (Both clients against the real broker: the integration suites, run
 once per client by the test command.)"""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import confluent_kafka as ck
 import pytest
-from kafka import errors as kerr
 
 from stream_infer.config import load_settings
 from stream_infer.errors import ConfigError
+from stream_infer.kafka import errors as kerr
 from stream_infer.kafka import make_producer
 from stream_infer.kafka.confluent import ConfluentProducer, base_config, translate
 

@@ -81,10 +81,19 @@ def test_oauthbearer_settings_are_checked() -> None:
 
 
 def test_client_properties_pass_through_only_shared_connection_properties() -> None:
-    ks = KafkaSettings(client_properties={"connections_max_idle_ms": 60_000, "metadata_max_age_ms": 30_000})
+    kp = {"client": "kafka-python"}
+    ks = KafkaSettings(
+        **kp, client_properties={"connections_max_idle_ms": 60_000, "metadata_max_age_ms": 30_000}
+    )
     kw = ks.client_kwargs("admin")
     assert kw["connections_max_idle_ms"] == 60_000 and kw["metadata_max_age_ms"] == 30_000
     with pytest.raises(ValidationError, match="max_poll_records"):
-        KafkaSettings(client_properties={"max_poll_records": 10})  # the consumer's alone
+        KafkaSettings(**kp, client_properties={"max_poll_records": 10})  # the consumer's alone
     with pytest.raises(ValidationError, match="set by the service"):
-        KafkaSettings(client_properties={"bootstrap_servers": "elsewhere:9092"})
+        KafkaSettings(**kp, client_properties={"bootstrap_servers": "elsewhere:9092"})
+
+
+def test_client_properties_are_kafka_pythons_alone() -> None:
+    """librdkafka takes its own names (kafka.librdkafka_properties): kafka-python's are refused."""
+    with pytest.raises(ValidationError, match="set kafka.librdkafka_properties instead"):
+        KafkaSettings(client_properties={"connections_max_idle_ms": 60_000})

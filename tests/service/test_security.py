@@ -48,12 +48,9 @@ def _settings(tmp_path: Path, protocol: str, mechanism: str | None, client: str 
 def _client_kwargs_of_every_role(monkeypatch: pytest.MonkeyPatch, s: Settings) -> dict[str, dict[str, Any]]:
     """Build each client the service builds, capturing the constructor's keyword arguments
     (the constructor would connect; it is stopped there)."""
-    import kafka
-
     from stream_infer import kafka as layer
-    from stream_infer import service
     from stream_infer.kafka import compacted as source
-    from stream_infer.kafka import kafka_python, topics
+    from stream_infer.kafka import kafka_python, kafka_python_admin, topics
 
     seen: dict[str, dict[str, Any]] = {}
 
@@ -64,16 +61,15 @@ def _client_kwargs_of_every_role(monkeypatch: pytest.MonkeyPatch, s: Settings) -
     for mod, name in (
         (kafka_python, "KafkaPythonConsumer"),
         (kafka_python, "KafkaPythonProducer"),
-        (source, "KafkaConsumer"),
-        (kafka, "KafkaConsumer"),
+        (kafka_python_admin, "KafkaConsumer"),
+        (kafka_python_admin, "KafkaAdminClient"),
     ):
         monkeypatch.setattr(mod, name, fake)
-    monkeypatch.setattr(topics, "KafkaAdminClient", fake)
     calls = (
         lambda: layer.make_consumer(s),
         lambda: layer.make_producer(s, "txn"),
         lambda: source.read_changelog(s, [0]),
-        lambda: service._await_metadata(s, timeout_s=0.1),
+        lambda: layer.await_partitions(s, "in", timeout_s=0.1),
         lambda: topics.admin_client(s, timeout_s=0.1),
     )
     for call in calls:
@@ -115,10 +111,11 @@ def test_security_settings_reach_every_client(monkeypatch, tmp_path, protocol, m
     [("SASL_SSL", "SCRAM-SHA-512"), ("SASL_PLAINTEXT", "PLAIN"), ("SSL", None)],
 )
 def test_security_settings_reach_the_librdkafka_clients(monkeypatch, tmp_path, protocol, mechanism):
-    """With kafka.client confluent-kafka the group consumer and the producer are librdkafka's
-    (the changelog reader, the probe and the admin client stay kafka-python's: checked above)."""
+    """With kafka.client confluent-kafka every client is librdkafka's: the group consumer, the
+    producer, the changelog reader, the probe and the admin client."""
     from stream_infer import kafka as layer
-    from stream_infer.kafka import confluent
+    from stream_infer.kafka import compacted as source
+    from stream_infer.kafka import confluent, topics
 
     s = _settings(tmp_path, protocol, mechanism, client="confluent-kafka")
     seen: dict[str, dict[str, Any]] = {}
@@ -128,10 +125,16 @@ def test_security_settings_reach_the_librdkafka_clients(monkeypatch, tmp_path, p
         raise _Captured
 
     monkeypatch.setattr(confluent, "_make", fake)
-    for call in (lambda: layer.make_consumer(s), lambda: layer.make_producer(s, "txn")):
+    for call in (
+        lambda: layer.make_consumer(s),
+        lambda: layer.make_producer(s, "txn"),
+        lambda: source.read_changelog(s, [0]),
+        lambda: layer.await_partitions(s, "in", timeout_s=0.1),
+        lambda: topics.admin_client(s, timeout_s=0.1),
+    ):
         with pytest.raises(_Captured):
             call()
-    assert set(seen) == {"consumer", "producer"}
+    assert set(seen) == {"consumer", "producer", "changelog", "probe", "admin"}
     for role, conf in seen.items():
         assert conf["security.protocol"] == protocol.lower(), role
         assert conf["bootstrap.servers"] == "a:9093,b:9093"
