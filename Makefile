@@ -46,7 +46,7 @@ test-unit: install
 # The decode property tests with the nightly profile: ten times the examples `make test` runs.
 .PHONY: test-fuzz
 test-fuzz: install
-	HYPOTHESIS_PROFILE=nightly $(BIN)/pytest -q tests/service/test_decode_fuzz.py
+	HYPOTHESIS_PROFILE=nightly $(BIN)/pytest -q tests/pipeline/test_decode_fuzz.py
 
 # The broker is started by the test session itself (tests/conftest.py) and stopped when it ends
 # if the session started it. Everything runs with the default Kafka client (confluent-kafka),
