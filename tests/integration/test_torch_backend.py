@@ -45,7 +45,7 @@ def test_torch_backend_with_the_torch_slab_matches_the_offline_replay_across_a_r
 
     with RunningService(s) as rs:
         rs.wait_ready()
-        slab = rs.service.store.slab
+        slab = rs.service.worker.slab
         assert isinstance(slab, TorchStateSlab) and slab.device.type == "cpu"
         assert rs.service.engine.name == "torch"
         send([Stream(st.entity, st.values[:SPLIT]) for st in streams], 0)
