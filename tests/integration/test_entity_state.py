@@ -56,6 +56,11 @@ def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
         return e.code, json.loads(e.read())
 
 
+def trim_hidden(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``--transform`` hook of the refused file below: back to the card's hidden size."""
+    return {k: v[..., :4] if k.startswith("state.") else v for k, v in arrays.items()}
+
+
 def test_entity_api_state_show_export_and_import_agree(kafka_bootstrap, new_topic, tmp_path):
     topic = new_topic("ents", partitions=PARTS)
     (tmp_path / "model.json").write_text(json.dumps(dataclasses.asdict(card())))
@@ -126,8 +131,32 @@ def test_entity_api_state_show_export_and_import_agree(kafka_bootstrap, new_topi
     np.testing.assert_allclose(arrays["state.h0"][i0], doc["states"][0]["values"], rtol=1e-6)
     np.testing.assert_allclose(arrays["state.c0"][i0], doc["states"][1]["values"], rtol=1e-6)
 
+    padded = tmp_path / "padded.npz"
+    np.savez(
+        padded,
+        **{
+            k: np.pad(v, ((0, 0), (0, 0), (0, 2))) if k.startswith("state.") else v for k, v in arrays.items()
+        },
+    )
+    refused = runner.invoke(app, ["state", "import", "--config", str(cfg_path), "--in", str(padded)])
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
+    assert "state.h0 has shape [1, 6] per entity, model lin@1 needs [1, 4]" in refused.output
+    before = read_changelog(s, range(PARTS))
+    assert all(codec.decode(v, "lin@1", W, (F,), card().states) for _, v in before.values() if v is not None)
     imported = runner.invoke(
-        app, ["state", "import", "--config", str(cfg_path), "--in", str(out), "--model-id", "lin@2"]
+        app,
+        [
+            "state",
+            "import",
+            "--config",
+            str(cfg_path),
+            "--in",
+            str(padded),
+            "--model-id",
+            "lin@2",
+            "--transform",
+            f"{__name__}:trim_hidden",
+        ],
     )
     assert imported.exit_code == 0, imported.output
     latest = read_changelog(s, range(PARTS))
