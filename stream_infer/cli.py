@@ -582,6 +582,120 @@ def demo(
     )
 
 
+# --- state: inspect, export and import the changelog (stream_infer.state.inspection) ---
+
+state_app = typer.Typer(
+    no_args_is_help=True, help="Inspect, export and import entity state (the changelog topic)."
+)
+app.add_typer(state_app, name="state")
+
+_CONFIG_OPTION = typer.Option(
+    ..., "--config", "-c", help="The service's YAML settings (env vars override it)."
+)
+
+
+def _state_setup(config: Path, model_id: str | None = None) -> tuple[Any, Any, int]:
+    """Settings, the model's store shape and the input topic's partition count."""
+    from stream_infer.config import load_settings
+    from stream_infer.kafka import await_partitions
+    from stream_infer.logs import configure_logging
+    from stream_infer.model.card import load_card
+    from stream_infer.state.inspection import model_shape
+
+    settings = load_settings(config)
+    configure_logging(settings.log_level, settings.logging.format)
+    shape = model_shape(load_card(settings.model.artifact), model_id)
+    return settings, shape, len(await_partitions(settings, settings.topics.input))
+
+
+@state_app.command("show")
+def state_show(
+    entity: str = typer.Argument(..., help="The entity id (the input key)."),
+    config: Path = _CONFIG_OPTION,
+    tensors: bool = typer.Option(False, "--tensors", help="Print the state tensors' values too."),
+) -> None:
+    """One entity's state as the changelog holds it: model, last seq, count, fresh, tensors' norms."""
+    from stream_infer.errors import StreamInferError
+    from stream_infer.kafka.compacted import read_changelog
+    from stream_infer.kafka.errors import KafkaError
+    from stream_infer.state.inspection import decode_any, partition_for, show_lines, state_names
+
+    try:
+        settings, shape, n = _state_setup(config)
+        part = partition_for(entity, n)
+        got = read_changelog(settings, [part]).get(entity.encode())
+        if got is None or got[1] is None:
+            typer.echo(f"entity {entity} has no state in {settings.changelog_topic} (partition {part})")
+            raise typer.Exit(1)
+        state = decode_any(got[1], shape)
+        for line in show_lines(entity, part, state, state_names(shape.states), tensors):
+            typer.echo(line)
+    except (StreamInferError, KafkaError, TimeoutError) as exc:
+        raise _fail(exc) from None
+
+
+@state_app.command("export")
+def state_export(
+    config: Path = _CONFIG_OPTION,
+    out: Path = typer.Option(..., "--out", help="The .npz file to write."),
+) -> None:
+    """Every entity's state in the changelog (all partitions) into one .npz, arrays per field."""
+    from stream_infer.errors import StreamInferError
+    from stream_infer.kafka.compacted import read_changelog
+    from stream_infer.kafka.errors import KafkaError
+    from stream_infer.state.inspection import export_arrays, save_npz
+
+    try:
+        settings, shape, n = _state_setup(config)
+        arrays, skipped = export_arrays(read_changelog(settings, range(n)), shape)
+        save_npz(out, arrays)
+        note = f"; {skipped} records of other shapes left out" if skipped else ""
+        typer.echo(f"exported {len(arrays['entity'])} entities to {out}{note}")
+    except (StreamInferError, KafkaError, TimeoutError) as exc:
+        raise _fail(exc) from None
+
+
+@state_app.command("import")
+def state_import(
+    config: Path = _CONFIG_OPTION,
+    src: Path = typer.Option(..., "--in", help="A .npz that `state export` wrote."),
+    model_id: str | None = typer.Option(
+        None, "--model-id", help="Write the state as this model id (default: the configured model's)."
+    ),
+    transform: str | None = typer.Option(
+        None,
+        "--transform",
+        help="module:function applied to the arrays first: fn(arrays: dict[str, ndarray]) -> dict[str, ndarray].",
+    ),
+) -> None:
+    """Write changelog records for the configured model from an exported .npz (after --transform)."""
+    from stream_infer.errors import StreamInferError
+    from stream_infer.kafka import make_producer
+    from stream_infer.kafka.errors import KafkaError
+    from stream_infer.state.inspection import import_records, load_npz, load_transform
+
+    try:
+        settings, shape, n = _state_setup(config, model_id)
+        arrays = load_npz(src)
+        if transform is not None:
+            arrays = load_transform(transform)(dict(arrays))
+        records = import_records(arrays, shape, n)
+        producer = make_producer(settings, role="state-import")
+        errors: list[BaseException] = []
+        producer.on_error = errors.append
+        try:
+            for key, value, part in records:
+                producer.produce(settings.changelog_topic, key, value, part)
+            producer.flush_within(120.0)
+        finally:
+            producer.close(10.0)
+        if errors:
+            raise _fail(RuntimeError(f"{len(errors)} of {len(records)} records failed: {errors[0]}"))
+        typer.echo(f"imported {len(records)} entities as {shape.model_id} into {settings.changelog_topic}")
+    except (StreamInferError, KafkaError, TimeoutError) as exc:
+        raise _fail(exc) from None
+
+
 # Packages that only an extra installs: the serving install (`pip install stream-infer`) lacks
 # them, so a command that needs one names the extra instead of printing a traceback.
 _EXTRAS = {

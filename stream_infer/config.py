@@ -401,6 +401,9 @@ class MetricsSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(9100, ge=0, le=65_535)
     lag_interval_s: float = Field(5.0, gt=0)
+    # GET /entities/<id> on this port: one entity's state as the pod holds it (off by default:
+    # it shows entity ids and, with ?tensors=1, their state)
+    entity_api: bool = False
 
 
 class LoggingSettings(_Section):

@@ -4,7 +4,9 @@
 ``stall_timeout_s``, and its consumer has not been out of a settled group membership for longer
 than ``group_timeout_s`` (the broker's own bound on a rebalance: beyond it the member is wedged,
 and a restart is the cure). ``/readyz`` answers 200 once the engine is loaded and partitions are
-assigned. Served from a daemon thread so it never blocks the pipeline.
+assigned. ``/entities/<id>`` (``metrics.entity_api``, off by default) answers one entity's state
+as JSON through the ``entities`` callable the service passes (``?tensors=1`` adds the state
+tensors' values). Served from a daemon thread so it never blocks the pipeline.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from stream_infer.errors import ConfigError
@@ -60,10 +65,20 @@ class Health:
         return self.engine_loaded and self.partitions_assigned and not self.stopping
 
 
+EntityLookup = Callable[[str, bool], tuple[int, dict[str, Any]]]
+ENTITIES_PREFIX = "/entities/"
+
+
 def serve_http(
-    health: Health, port: int, host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY
+    health: Health,
+    port: int,
+    host: str = "0.0.0.0",
+    registry: CollectorRegistry = REGISTRY,
+    entities: EntityLookup | None = None,
 ) -> ThreadingHTTPServer:
     """Start the endpoints on ``host:port`` (port 0 picks a free one; see ``server_port``).
+    ``entities``: ``(entity id, with tensor values) -> (status, JSON document)`` for
+    ``GET /entities/<id>``; None leaves that route out (404).
 
     Raises ``ConfigError`` naming the port when it cannot be bound (in use, or a host that is
     not this machine's)."""
@@ -82,8 +97,12 @@ def serve_http(
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            route = routes.get(self.path.split("?", 1)[0])
-            status, body, ctype = route() if route else (404, b"not found\n", "text/plain")
+            path = self.path.split("?", 1)[0]
+            route = routes.get(path)
+            if route is None and entities is not None and path.startswith(ENTITIES_PREFIX):
+                status, body, ctype = _entity(entities, self.path)
+            else:
+                status, body, ctype = route() if route else (404, b"not found\n", "text/plain")
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -101,3 +120,17 @@ def serve_http(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+def _entity(lookup: EntityLookup, raw_path: str) -> tuple[int, bytes, str]:
+    url = urlsplit(raw_path)
+    entity = unquote(url.path[len(ENTITIES_PREFIX) :])
+    if not entity:
+        return 404, orjson.dumps({"reason": "no entity id in the path"}), "application/json"
+    tensors = parse_qs(url.query).get("tensors", ["0"])[-1] in ("1", "true", "yes")
+    try:
+        status, doc = lookup(entity, tensors)
+    except Exception as exc:  # an answer, never a dead HTTP thread
+        logger.warning("GET /entities/%s failed: %s", entity, exc)
+        status, doc = 500, {"entity": entity, "reason": f"{type(exc).__name__}: {exc}"}
+    return status, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), "application/json"

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_infer.backends import Engine, open_engine
@@ -29,6 +32,7 @@ from stream_infer.kafka import Consumer, await_partitions, make_consumer, make_p
 from stream_infer.kafka.access import denied
 from stream_infer.kafka.compacted import read_changelog
 from stream_infer.kafka.topics import dead_letter_limit_bytes, ensure_topics
+from stream_infer.kafka.types import TopicPartition
 from stream_infer.metrics import Metrics
 from stream_infer.model.card import ModelCard, load_card
 from stream_infer.model.heads import make_head
@@ -41,10 +45,23 @@ from stream_infer.pipeline.sink import Sink
 from stream_infer.pipeline.source import Source
 from stream_infer.pipeline.worker import InferenceWorker
 from stream_infer.state.disk import DiskTier
+from stream_infer.state.inspection import entity_document, partition_for, state_names
 from stream_infer.state.slab import make_state_slab
 from stream_infer.state.store import EntityStore, ModelShape
 
 logger = logging.getLogger(__name__)
+
+ENTITY_ANSWER_TIMEOUT_S = 5.0
+
+
+@dataclass
+class _EntityRequest:
+    """One ``GET /entities/<id>``, waiting for the source thread's answer."""
+
+    entity: str
+    tensors: bool
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: tuple[int, dict[str, Any]] = (503, {})
 
 
 class Service:
@@ -71,6 +88,8 @@ class Service:
         self._grace_timer: threading.Timer | None = None
         self._http: Any = None
         self._started = False
+        self._entity_requests: queue.SimpleQueue[_EntityRequest] = queue.SimpleQueue()
+        self._input_partitions = 0
         out = settings.output
         # How predictions are published; a setting the model's head cannot take (schema
         # version 1 for a forecaster) is refused here, before anything starts.
@@ -113,7 +132,8 @@ class Service:
         """Connect, load the engine and subscribe; ``run`` then processes until ``stop``."""
         s = self.settings
         if self.registry is not None and s.metrics.port >= 0:
-            self._http = serve_http(self.health, s.metrics.port, s.metrics.host, self.registry)
+            lookup = self.entity_lookup if s.metrics.entity_api else None
+            self._http = serve_http(self.health, s.metrics.port, s.metrics.host, self.registry, lookup)
         ensure_topics(s)
         engine = self._engine or open_engine(
             s.model.artifact,
@@ -129,7 +149,7 @@ class Service:
             make_producer(s, s.transactional_id if eos else None, dead_letter_max_bytes=dl_bytes),
             dead_letter_max_bytes=dl_bytes,
         )
-        await_partitions(s, s.topics.input)
+        self._input_partitions = len(await_partitions(s, s.topics.input))
         self.consumer: Consumer = make_consumer(s)
         self.source = Source(
             self.consumer,
@@ -184,6 +204,8 @@ class Service:
             self.head,
             **({} if dead_letter_max_bytes is None else {"dead_letter_max_bytes": dead_letter_max_bytes}),
         )
+        if s.metrics.entity_api:
+            self.sink.keep_last(2 * ent.max_entities)
         self.worker = InferenceWorker(
             engine, slab, Batcher(s.batcher.max_batch, s.batcher.max_wait_ms), self.sink, self.metrics
         )
@@ -201,6 +223,63 @@ class Service:
         """Wait until the inference thread has run and published every window handed to it
         (``InferenceWorker.drain``)."""
         self.worker.drain()
+
+    # --- GET /entities/<id> ---
+
+    def entity_lookup(self, entity: str, tensors: bool) -> tuple[int, dict[str, Any]]:
+        """``GET /entities/<id>`` (called on the HTTP thread): (status, JSON document).
+
+        The store, the slab and the sink's last predictions belong to the pipeline's threads, so
+        the HTTP thread does not read them: it queues the request and the run loop answers it on
+        the source thread between polls, after draining the inference thread (``_serve_entities``)
+        -- the same discipline as a checkpoint, with no lock on the hot path. An answer that does
+        not come within ``ENTITY_ANSWER_TIMEOUT_S`` (the loop is blocked or stopping) is a 503."""
+        req = _EntityRequest(entity, tensors)
+        self._entity_requests.put(req)
+        if not req.done.wait(ENTITY_ANSWER_TIMEOUT_S):
+            return 503, {"entity": entity, "reason": "the run loop did not answer in time"}
+        return req.answer
+
+    def _serve_entities(self) -> None:
+        """Answer the queued ``GET /entities/<id>`` requests (the source thread, between polls)."""
+        if self._entity_requests.empty():
+            return
+        self.worker.drain()
+        while True:
+            try:
+                req = self._entity_requests.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                req.answer = self.describe_entity(req.entity, req.tensors)
+            except Exception as exc:
+                logger.warning("GET /entities/%s failed: %s", req.entity, exc)
+                req.answer = (500, {"entity": req.entity, "reason": f"{type(exc).__name__}: {exc}"})
+            req.done.set()
+
+    def describe_entity(self, entity: str, tensors: bool = False) -> tuple[int, dict[str, Any]]:
+        """One entity as this pod holds it; only on the source thread with the inference thread
+        drained (``_serve_entities``)."""
+        n = self._input_partitions
+        part = partition_for(entity, n) if n else -1
+        consumer = getattr(self, "consumer", None)
+        owned = (
+            consumer is not None and TopicPartition(self.settings.topics.input, part) in consumer.assignment()
+        )
+        view = self.store.describe(entity, time.monotonic())
+        held = self.store.tensors_of(entity) if view is not None else None
+        names = state_names(self.model_shape.states)
+        last = self.sink.last_predictions or {}
+        raw = last.get(entity)
+        return entity_document(
+            entity,
+            part if part >= 0 else (view.partition if view is not None else -1),
+            owned,
+            view,
+            list(zip(names, held or (), strict=False)),
+            orjson.loads(raw) if raw is not None else None,
+            tensors,
+        )
 
     @property
     def metrics_port(self) -> int | None:
@@ -252,7 +331,10 @@ class Service:
         source, checkpointer = self.source, self.checkpointer
         clean = False
         try:
+            serve_entities = self.settings.metrics.entity_api
             while not self._stop.is_set():
+                if serve_entities:
+                    self._serve_entities()
                 polled = source.poll()
                 if polled is None:
                     continue  # the broker is away

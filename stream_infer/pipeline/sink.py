@@ -9,6 +9,7 @@ did not reach the broker.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -67,6 +68,15 @@ class Sink:
         self._gate = threading.Event()
         self._gate.set()
         self._discard = False  # the open transaction is abandoned: its sends are moot
+        # The last prediction published per entity (``keep_last``; for ``GET /entities/<id>``).
+        self.last_predictions: dict[str, bytes] | None = None
+        self._keep_last = 0
+
+    def keep_last(self, entities: int) -> None:
+        """Keep the last prediction published for up to ``entities`` entities (the oldest
+        first-published are forgotten past it). Off (the default) the hot path does not pay."""
+        self.last_predictions = {}
+        self._keep_last = max(1, entities)
 
     def hold(self) -> None:
         """Predictions and dead letters wait from now on, until ``release``."""
@@ -124,6 +134,7 @@ class Sink:
         keys = [e.encode() for e in entities]
         parts = self.producer.key_partitions(topic, keys)
         traces = batch.trace if batch.trace is not None else [None] * len(entities)
+        last = self.last_predictions
         try:
             for ent, key, part, sq, ev, head_fields, tp in zip(
                 entities,
@@ -139,9 +150,15 @@ class Sink:
                 doc.update(entity=ent, seq=sq, event_time_ms=ev, emit_time_ms=emit_ms)
                 doc.update(head_fields)
                 doc["model"] = model
-                produce(topic, key, dumps(doc), part, None if tp is None else [("traceparent", tp)])
+                value = dumps(doc)
+                produce(topic, key, value, part, None if tp is None else [("traceparent", tp)])
+                if last is not None:
+                    last[ent] = value
         except AuthorizationError as exc:  # an ACL revoked: not about one prediction
             raise SinkError(f"the broker refused a send to {topic}: {exc}") from exc
+        if last is not None and len(last) > self._keep_last:
+            for old in list(itertools.islice(last, len(last) - self._keep_last)):
+                del last[old]
         return np.full(len(batch), emit_ms, dtype=np.int64)
 
     def dead_letter(self, invalid: Iterable[InvalidMessage]) -> int:

@@ -205,6 +205,24 @@ class EntityStore:
             entity, "disk", part, st.last_seq, st.count, st.event_ms, st.fresh, max(0.0, now_s - seen)
         )
 
+    def tensors_of(self, entity: str) -> tuple[np.ndarray, ...] | None:
+        """Copies of ``entity``'s state tensors, per entity (no batch axis); None when not held.
+        The slab is the inference thread's: call it only while that thread is drained."""
+        s = self._slots.lookup(entity)
+        if s is not None:
+            got = self._slab.read(np.asarray([s]))
+            return tuple(
+                np.array(np.take(a, 0, axis=sp.batch_axis), dtype=np.float32)
+                for a, sp in zip(got, self.model.states, strict=True)
+            )
+        found = self._on_disk(entity)
+        if found is None:
+            return None
+        m = self.model
+        value = found[1][2]
+        st = changelog.decode(value, m.model_id, m.window, m.sample_shape, m.states, True)
+        return tuple(np.array(a, dtype=np.float32) for a in st.states)
+
     # --- admission ---
 
     def shortfall(self, entities: list[str]) -> int:
