@@ -51,6 +51,7 @@ from rocksdict import (
 
 from stream_infer.errors import StateError
 
+TIER_DIR = "entity-tier"  # the folder the tier owns under ``entities.disk_path``
 _HEADER = struct.Struct("<dd")  # last_seen_s, paged_out_s
 _PART = struct.Struct(">I")  # the key's partition prefix: one partition is one key range
 _CACHE_BYTES = 32 << 20  # block cache: what reads keep in memory
@@ -70,9 +71,13 @@ class DiskTier:
 
     def __init__(self, path: Path | None, max_bytes: int) -> None:
         self._owned = path is None  # a temporary directory, removed on close
-        self.path = Path(tempfile.mkdtemp(prefix="stream-infer-state-")) if path is None else path
-        shutil.rmtree(self.path, ignore_errors=True)  # a cache: what a previous process left goes
+        base = Path(tempfile.mkdtemp(prefix="stream-infer-state-")) if path is None else path
+        # The store lives in a folder of its own under the configured directory: emptying it at
+        # start (a cache: what a previous process left goes) never touches anything else there.
+        self.path = base / TIER_DIR
+        shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True)
+        self._base = base
         self.max_bytes = max_bytes
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
@@ -91,7 +96,7 @@ class DiskTier:
         no_log.disable_wal = True  # type: ignore[assignment,method-assign]  # rebuilt from the changelog after a crash: no write-ahead log
         self._db.set_write_options(no_log)
         if self._owned:  # removed with the last reference to it, closed or not
-            weakref.finalize(self, _remove, self._db, self.path)
+            weakref.finalize(self, _remove, self._db, base)
         self._count: Counter[int] = Counter()  # entries per partition
         self._bytes: Counter[int] = Counter()  # live bytes (keys and values) per partition
         self._scan: bytes | None = None  # where the incremental expiry goes on
@@ -251,7 +256,7 @@ class DiskTier:
         self._closed = True
         self._db.close()
         if self._owned:
-            shutil.rmtree(self.path, ignore_errors=True)
+            shutil.rmtree(self._base, ignore_errors=True)
 
 
 def _remove(db: Rdict, path: Path) -> None:

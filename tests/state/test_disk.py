@@ -65,7 +65,7 @@ def test_a_new_tier_starts_empty_and_a_temporary_one_leaves_nothing(tmp_path: Pa
     assert len(again) == 0 and list(again.entries()) == []
     again.close()
     tmp = DiskTier(None, 8 << 20)
-    path = tmp.path
+    path = tmp.path.parent
     tmp.put(rows(5))
     tmp.close()
     assert not path.exists()
@@ -80,3 +80,13 @@ def test_a_full_tier_trades_entries_in_one_swap(tmp_path: Path) -> None:
     out = [(e, p, v) for e, p, _, _, v in first[:100]]
     assert d.swap(rows(100, part=1, size=1000), out) == 100  # the deletes make the room
     assert len(d) == 1000 and d.get([("e0-0", 0), ("e1-0", 1)])[0] is None
+
+
+def test_the_tier_empties_only_its_own_folder_under_the_configured_directory(tmp_path: Path) -> None:
+    keep = tmp_path / "operator-file.txt"
+    keep.write_text("not the tier's")
+    d = DiskTier(tmp_path, 8 << 20)
+    d.put(rows(3))
+    d.close()
+    DiskTier(tmp_path, 8 << 20).close()
+    assert keep.read_text() == "not the tier's"
