@@ -4,6 +4,7 @@ KAFKA_BOOTSTRAP names a cluster) and fresh topics per test."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import uuid
@@ -76,3 +77,22 @@ def frame_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stream_infer.model.zoo import ensure_model
 
     return ensure_model("frame", tmp_path_factory.getbasetemp() / "models")
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A command run in-process (``CliRunner``) configures logging for its process: a handler on
+    the root logger bound to the runner's stream, closed when the command returns. Later tests
+    would log into that closed stream ("--- Logging error ---" in their output), so each test
+    leaves the root and ``kafka`` loggers as it found them."""
+    root, kafka = logging.getLogger(), logging.getLogger("kafka")
+    before = (set(root.handlers), root.level, list(kafka.handlers), kafka.level, kafka.propagate)
+    yield
+    handlers, level, kafka_handlers, kafka_level, propagate = before
+    for h in root.handlers[:]:
+        if h not in handlers and type(h) is logging.StreamHandler:
+            root.removeHandler(h)
+    root.setLevel(level)
+    kafka.handlers[:] = kafka_handlers
+    kafka.setLevel(kafka_level)
+    kafka.propagate = propagate

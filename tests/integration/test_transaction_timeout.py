@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from stream_infer.kafka import kafka_python
 from stream_infer.kafka.kafka_python import StableOffset
 from stream_infer.metrics import Metrics
-from stream_infer.service import Service
+from stream_infer.pipeline.source import Source
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def _poll_until(
 def _gauges(consumer: KafkaConsumer, tp: TopicPartition) -> tuple[float | None, float | None]:
     """The service's metric update run on ``consumer``: (unstable records, LSO stuck seconds)."""
     registry = CollectorRegistry()
-    Service._update_lag(SimpleNamespace(consumer=consumer, metrics=Metrics(registry)))  # type: ignore[arg-type]
+    Source.update_lag(SimpleNamespace(consumer=consumer, metrics=Metrics(registry)))  # type: ignore[arg-type]
     labels = {"topic": tp.topic, "partition": str(tp.partition)}
     return (
         registry.get_sample_value("stream_infer_input_unstable_records", labels),
