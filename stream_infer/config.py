@@ -270,6 +270,40 @@ class ModelSettings(_Section):
         return self
 
 
+ROLES = ("primary", "canary", "shadow")
+DEFAULT_MODEL_NAME = "default"  # the name the single ``model:`` gets (its state keys are plain)
+
+
+class ServedModel(ModelSettings):
+    """One entry of ``models:`` (docs/models.md): a model, its name and its role on the stream.
+
+    * ``primary`` publishes to the output topic and runs every entity (for the entities a canary
+      serves, its predictions are the reference for agreement and are not published, so the
+      canary can be rolled back with no warm-up);
+    * ``canary`` serves ``fraction`` of the entities (a stable hash of the entity id: an entity
+      never changes model) instead of the primary, on the output topic;
+    * ``shadow`` runs every entity and publishes to its own topic (default
+      ``<output>.shadow.<name>``), never to the output.
+
+    Each model keeps its own per-entity state, under its name in the changelog: promoting a
+    shadow (making it the primary under the same name) starts it with the state it built."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    role: Literal["primary", "canary", "shadow"] = "primary"
+    fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    topic: str | None = None
+
+    @model_validator(mode="after")
+    def _check_role(self) -> ServedModel:
+        if self.role == "canary" and self.fraction <= 0:
+            raise ValueError(f"models: canary {self.name} needs a fraction in (0, 1)")
+        if self.role != "canary" and self.fraction:
+            raise ValueError(f"models: fraction is for canaries; {self.name} is a {self.role}")
+        if self.role != "shadow" and self.topic is not None:
+            raise ValueError(f"models: topic is for shadows; {self.name} is a {self.role}")
+        return self
+
+
 class InputSettings(_Section):
     # A name registered in stream_infer.formats.FORMATS (json, f32, image, registry, ...).
     format: str = "json"
@@ -424,6 +458,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
     model: ModelSettings = ModelSettings()
+    # Several models on the stream (docs/models.md); empty: the single ``model:`` alone.
+    models: tuple[ServedModel, ...] = ()
     input: InputSettings = InputSettings()
     entities: EntitySettings = EntitySettings()
     batcher: BatcherSettings = BatcherSettings()
@@ -445,6 +481,38 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file (passed as init kwargs by load_settings).
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _check_models(self) -> Settings:
+        if not self.models:
+            return self
+        if "model" in self.model_fields_set:
+            raise ValueError("set either model (one model) or models (several), not both")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: names must be unique, got {names}")
+        primaries = [m.name for m in self.models if m.role == "primary"]
+        if len(primaries) != 1:
+            raise ValueError(f"models: exactly one primary, got {len(primaries)} ({primaries})")
+        share = sum(m.fraction for m in self.models)
+        if share >= 1.0:
+            raise ValueError(f"models: the canaries' fractions add up to {share:g}; they must stay below 1")
+        topics = [self.shadow_topic(m) for m in self.models if m.role == "shadow"]
+        clash = {self.topics.output, self.topics.input, self.dead_letter_topic} & set(topics)
+        if clash or len(set(topics)) != len(topics):
+            raise ValueError(f"models: each shadow needs a topic of its own, got {topics}")
+        return self
+
+    @property
+    def served_models(self) -> tuple[ServedModel, ...]:
+        """The models on the stream, the primary first (the single ``model:`` is the primary
+        named ``default``)."""
+        if not self.models:
+            return (ServedModel(name=DEFAULT_MODEL_NAME, **self.model.model_dump()),)
+        return tuple(sorted(self.models, key=lambda m: m.role != "primary"))
+
+    def shadow_topic(self, m: ServedModel) -> str:
+        return m.topic or f"{self.topics.output}.shadow.{m.name}"
 
     @property
     def dead_letter_topic(self) -> str:

@@ -98,13 +98,13 @@ def replay(
     svc = Service(settings, engine=engine, registry=CollectorRegistry(), card=card)
     producer = ListProducer()
     svc.wire(engine, producer)
-    svc.worker.start()
+    svc.workers.start()
     try:
         for poll in _polls(recordings):
             svc.ingest(poll)
         svc.drain()
     finally:
-        svc.worker.stop()
+        svc.workers.stop()
         engine.close()
     return [orjson.loads(r.value) for r in producer.on("predictions") if r.value is not None]
 

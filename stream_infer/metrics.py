@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, Summary
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -124,6 +124,45 @@ class BatchHistogram(Collector):
 
     def describe(self) -> Iterable[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation)
+
+
+class ModelBatchHistogram(Collector):
+    """``BatchHistogram`` with a ``model`` label: one child per model on the stream."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry | None
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._buckets = tuple(buckets)
+        self._children: dict[str, BatchHistogram] = {}
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def labels(self, model: str) -> BatchHistogram:
+        with self._lock:
+            child = self._children.get(model)
+            if child is None:
+                child = self._children[model] = BatchHistogram(
+                    self.name, self.documentation, self._buckets, None
+                )
+            return child
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["model"])
+        with self._lock:
+            children = list(self._children.items())
+        for model, child in children:
+            with child._lock:
+                cumulative = np.cumsum(child._counts)
+                total = child._sum
+            buckets = [(_le(u), float(n)) for u, n in zip(child.upper, cumulative, strict=True)]
+            family.add_metric([model], buckets, total)
+        yield family
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=["model"])
 
 
 def _le(upper: float) -> str:
@@ -274,6 +313,51 @@ class Metrics:
             f"{p}_ready", "1 once the engine is loaded and partitions are assigned.", registry=r
         )
         self.model = Info(f"{p}_model", "The model being served.", registry=r)
+        # --- per model on the stream (``models:``; the single model is "default") ---
+        self.model_predictions = Counter(
+            f"{p}_model_predictions",
+            "Hops each model ran, by where they went: published (output or shadow topic) or "
+            "reference (the primary's hops of a canary's entities, for agreement only).",
+            ["model", "role", "use"],
+            registry=r,
+        )
+        self.model_engine_time = Histogram(
+            f"{p}_model_engine_seconds",
+            "Wall time of one engine call, per model.",
+            ["model"],
+            buckets=ENGINE_BUCKETS_S,
+            registry=r,
+        )
+        self.model_batch_size = Histogram(
+            f"{p}_model_batch_size",
+            "Windows per engine call, per model.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model_latency = ModelBatchHistogram(
+            f"{p}_model_event_to_publish_seconds",
+            "Event time of a window's last sample to its prediction handed to the producer, per model.",
+            LATENCY_BUCKETS_S,
+            r,
+        )
+        self.model_agreement = Counter(
+            f"{p}_model_agreement_hops",
+            "Hops of a shadow or canary compared with the primary's hop of the same entity and "
+            "seq: result same or different label.",
+            ["model", "result"],
+            registry=r,
+        )
+        self.model_abs_diff = Summary(
+            f"{p}_model_score_abs_diff",
+            "Mean absolute difference of a shadow's or canary's published scores from the "
+            "primary's, per compared hop.",
+            ["model"],
+            registry=r,
+        )
+        self.model_info = Info(
+            f"{p}_served_model", "Each model on the stream, its role and version.", ["model"], registry=r
+        )
         # Every known label value starts at zero, so each series exists from the first scrape
         # and rate() over it is defined before the first event.
         for family, values in (

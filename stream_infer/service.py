@@ -19,6 +19,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,8 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_infer.backends import Engine, open_engine
-from stream_infer.config import Settings
+from stream_infer.config import ServedModel, Settings
+from stream_infer.errors import ConfigError
 from stream_infer.health import Health, serve_http
 from stream_infer.kafka import Consumer, await_partitions, make_consumer, make_producer
 from stream_infer.kafka.access import denied
@@ -39,13 +41,15 @@ from stream_infer.model.heads import make_head
 from stream_infer.pipeline.batcher import Batcher
 from stream_infer.pipeline.checkpoint import Checkpointer
 from stream_infer.pipeline.decode import Decoder
-from stream_infer.pipeline.ingest import Ingest
+from stream_infer.pipeline.ingest import Ingest, Route
+from stream_infer.pipeline.lanes import Lane, Lanes, Workers
 from stream_infer.pipeline.rebalance import Rebalancer, Restorer
-from stream_infer.pipeline.sink import Sink
+from stream_infer.pipeline.sink import Outlet, Sink
 from stream_infer.pipeline.source import Source
 from stream_infer.pipeline.worker import InferenceWorker
 from stream_infer.state.disk import DiskTier
 from stream_infer.state.inspection import entity_document, partition_for, state_names
+from stream_infer.state.models import ModelStates
 from stream_infer.state.slab import make_state_slab
 from stream_infer.state.store import EntityStore, ModelShape
 
@@ -74,9 +78,18 @@ class Service:
         engine: Engine | None = None,
         registry: CollectorRegistry | None = REGISTRY,
         card: ModelCard | None = None,
+        cards: Mapping[str, ModelCard] | None = None,
     ) -> None:
+        """``card``: the primary's card, ``cards``: the others' by name (default: read from the
+        artifacts)."""
         self.settings = settings
-        self.card = card = card or load_card(settings.model.artifact)
+        self.served = served = settings.served_models
+        self.card = card = card or load_card(served[0].artifact)
+        given = dict(cards or {})
+        self.cards = {
+            m.name: card if i == 0 else given.get(m.name) or load_card(m.artifact) for i, m in enumerate(served)
+        }
+        _check_same_input(self.cards)
         self.registry = registry
         self.metrics = Metrics(registry)
         k = settings.kafka
@@ -93,9 +106,13 @@ class Service:
         out = settings.output
         # How predictions are published; a setting the model's head cannot take (schema
         # version 1 for a forecaster) is refused here, before anything starts.
-        self.head = make_head(
-            card.labels, card.head, top_k=out.top_k, logits=out.logits, schema_version=out.schema_version
-        )
+        self.heads = {
+            name: make_head(
+                c.labels, c.head, top_k=out.top_k, logits=out.logits, schema_version=out.schema_version
+            )
+            for name, c in self.cards.items()
+        }
+        self.head = self.heads[served[0].name]
         inp = settings.input
         self.decoder = Decoder(
             inp.format,
@@ -104,15 +121,8 @@ class Service:
             inp.max_samples_per_message,
             inp.schema_registry(),
         )
-        self.model_shape = ModelShape(
-            card.model_id,
-            card.window,
-            card.hop,
-            tuple(card.sample_shape),
-            tuple(card.state_shape),
-            settings.model.keep_state_on_upgrade,
-            card.states,
-        )
+        self.shapes = {m.name: _model_shape(self.cards[m.name], m.keep_state_on_upgrade) for m in served}
+        self.model_shape = self.shapes[served[0].name]
         for note in settings.kafka.insecure():
             logger.warning(note)
         self.metrics.slot_capacity.set(settings.entities.max_entities)
@@ -135,13 +145,7 @@ class Service:
             lookup = self.entity_lookup if s.metrics.entity_api else None
             self._http = serve_http(self.health, s.metrics.port, s.metrics.host, self.registry, lookup)
         ensure_topics(s)
-        engine = self._engine or open_engine(
-            s.model.artifact,
-            s.model.backend,
-            s.model.device,
-            max_batch=max(s.batcher.max_batch, 1),
-            card_sha256=s.model.card_sha256,
-        )
+        engine = self._engine or _open(self.served[0], s.batcher.max_batch)
         eos = s.delivery.guarantee == "exactly-once"
         dl_bytes = dead_letter_limit_bytes(s)
         self.wire(
@@ -155,46 +159,47 @@ class Service:
             self.consumer,
             self.metrics,
             self.health,
-            queued=lambda: self.worker.queued,
+            queued=lambda: self.workers.queued,
             max_queue_windows=s.batcher.max_queue_windows,
             poll_timeout_ms=s.kafka.poll_timeout_ms,
         )
-        restorer = Restorer(self.store, lambda parts: read_changelog(s, parts), self.metrics)
+        restorer = Restorer(self.states, lambda parts: read_changelog(s, parts), self.metrics)
         self.checkpointer = Checkpointer(
             consumer=self.consumer,
             sink=self.sink,
-            store=self.store,
-            drain=self.worker.drain,
+            store=self.states,
+            drain=self.workers.drain,
             restore=restorer.restore,
             metrics=self.metrics,
             settings=s,
         )
         rebalancer = Rebalancer(
-            self.consumer, self.checkpointer, restorer, self.worker.drain, self.metrics, self.health
+            self.consumer, self.checkpointer, restorer, self.workers.drain, self.metrics, self.health
         )
         # Everything loaded so far (the engine, the model, the libraries) lives as long as the
         # process: out of the collector's way, so that a full collection no longer walks it
         # (a pause the p99 latency would show).
         gc.collect()
         gc.freeze()
-        self.worker.start()
+        self.workers.start()
         self.health.engine_loaded = True
         self.consumer.subscribe([s.topics.input], listener=rebalancer)
         self._started = True
 
-    def wire(self, engine: Engine, producer: Any, dead_letter_max_bytes: int | None = None) -> None:
-        """Build the pipeline behind the source: entity store, sink, inference thread (not
-        started) and ingest. ``start`` calls it with the real producer; tests and offline
+    def wire(
+        self,
+        engine: Engine,
+        producer: Any,
+        dead_letter_max_bytes: int | None = None,
+        engines: Mapping[str, Engine] | None = None,
+    ) -> None:
+        """Build the pipeline behind the source: per model (``pipeline.lanes``) an entity store
+        and an inference thread (not started), then the sink and ingest. ``engine`` is the
+        primary's; ``engines`` the others' by name (opened from their artifacts if missing). ``start`` calls it with the real producer; tests and offline
         replays call it with a ``testing.ListProducer`` and feed ``ingest`` themselves."""
         s = self.settings
         self.engine = engine
         ent = s.entities
-        slab = make_state_slab(engine.spec.device, ent.max_entities, engine.spec.states, s.model.state_slab)
-        disk = DiskTier(ent.disk_path, ent.disk_max_bytes) if ent.on_full == "page" else None
-        self.store = EntityStore(
-            ent.max_entities, self.model_shape, slab, ent.max_seq_gap, ent.max_seq_rewind, disk
-        )
-        self.metrics.disk_capacity.set(ent.disk_max_bytes if disk is not None else 0)
         self.sink = Sink(
             producer,
             s.topics.output,
@@ -206,9 +211,45 @@ class Service:
         )
         if s.metrics.entity_api:
             self.sink.keep_last(2 * ent.max_entities)
-        self.worker = InferenceWorker(
-            engine, slab, Batcher(s.batcher.max_batch, s.batcher.max_wait_ms), self.sink, self.metrics
-        )
+        given = dict(engines or {})
+        lanes = []
+        for i, m in enumerate(self.served):
+            eng = engine if i == 0 else given.get(m.name) or _open(m, s.batcher.max_batch)
+            slab = make_state_slab(eng.spec.device, ent.max_entities, eng.spec.states, m.state_slab)
+            disk = None
+            if ent.on_full == "page":
+                where = (
+                    ent.disk_path if i == 0 or ent.disk_path is None else ent.disk_path / "models" / m.name
+                )
+                disk = DiskTier(where, ent.disk_max_bytes)
+            store = EntityStore(
+                ent.max_entities, self.shapes[m.name], slab, ent.max_seq_gap, ent.max_seq_rewind, disk
+            )
+            topic = s.shadow_topic(m) if m.role == "shadow" else s.topics.output
+            card = self.cards[m.name]
+            outlet = Outlet(topic, card.model_id, self.heads[m.name])
+            lanes.append(Lane(m, card, self.heads[m.name], eng, store, slab, outlet))
+        self.lanes = group = Lanes(lanes, self.sink, self.metrics)
+        workers = [
+            InferenceWorker(
+                ln.engine,
+                ln.slab,
+                Batcher(s.batcher.max_batch, s.batcher.max_wait_ms),
+                self.sink,
+                self.metrics,
+                model=ln.name,
+                publish=group.publisher(ln),
+                output_metrics=ln.role != "shadow",
+            )
+            for ln in lanes
+        ]
+        for ln, w in zip(lanes, workers, strict=True):
+            ln.worker = w
+        self.metrics.disk_capacity.set(ent.disk_max_bytes if ent.on_full == "page" else 0)
+        self.store = lanes[0].store
+        self.states = ModelStates({ln.name: ln.store for ln in lanes})
+        self.worker = workers[0]
+        self.workers = Workers(workers)
         self.ingest = Ingest(
             self.decoder,
             self.store,
@@ -217,12 +258,16 @@ class Service:
             hand_off=self.worker.submit,
             drain=self.worker.drain,
             dead_letter_topic=s.dead_letter_topic,
+            others=[
+                Route(ln.store, w.submit, w.drain, group.runs(ln), ln.role == "canary")
+                for ln, w in zip(lanes[1:], workers[1:], strict=True)
+            ],
         )
 
     def drain(self) -> None:
         """Wait until the inference thread has run and published every window handed to it
         (``InferenceWorker.drain``)."""
-        self.worker.drain()
+        self.workers.drain()
 
     # --- GET /entities/<id> ---
 
@@ -244,7 +289,7 @@ class Service:
         """Answer the queued ``GET /entities/<id>`` requests (the source thread, between polls)."""
         if self._entity_requests.empty():
             return
-        self.worker.drain()
+        self.workers.drain()
         while True:
             try:
                 req = self._entity_requests.get_nowait()
@@ -370,7 +415,7 @@ class Service:
         timer = self._grace_timer
         assert timer is not None
         try:
-            if self._started and clean and self.worker.error is None:
+            if self._started and clean and self.workers.error is None:
                 self.checkpointer.checkpoint()
             elif self._started and not clean:
                 logger.error("stopping after a failure: no checkpoint; input replays from the last commit")
@@ -379,16 +424,46 @@ class Service:
                 self.checkpointer.close()
             try:
                 if self._started:
-                    self.worker.stop()
+                    self.workers.stop()
                     self.consumer.close(autocommit=False)
                     self.sink.close()
-                    self.engine.close()
-                    self.store.close()
+                    for ln in self.lanes.lanes:
+                        ln.engine.close()
+                    self.states.close()
             finally:
                 timer.cancel()
                 if self._http is not None:
                     self._http.shutdown()
                 logger.info("stopped")
+
+
+def _open(m: ServedModel, max_batch: int) -> Engine:
+    return open_engine(
+        m.artifact, m.backend, m.device, max_batch=max(max_batch, 1), card_sha256=m.card_sha256
+    )
+
+
+def _model_shape(card: ModelCard, keep_state_on_upgrade: bool) -> ModelShape:
+    return ModelShape(
+        card.model_id,
+        card.window,
+        card.hop,
+        tuple(card.sample_shape),
+        tuple(card.state_shape),
+        keep_state_on_upgrade,
+        card.states,
+    )
+
+
+def _check_same_input(cards: Mapping[str, ModelCard]) -> None:
+    """Every model on one stream reads the same samples."""
+    (first, card), *rest = cards.items()
+    for name, other in rest:
+        if tuple(other.sample_shape) != tuple(card.sample_shape):
+            raise ConfigError(
+                f"models: {name} takes samples of shape {list(other.sample_shape)}, the primary "
+                f"{first} {list(card.sample_shape)}: every model on one stream reads the same input"
+            )
 
 
 def _overrun(grace_s: float) -> None:

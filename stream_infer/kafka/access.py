@@ -58,6 +58,17 @@ def required_acls(settings: Settings) -> list[Acl]:
         Acl("TOPIC", settings.changelog_topic, "LITERAL", "READ", "restore entity state"),
         Acl("TOPIC", settings.changelog_topic, "LITERAL", "WRITE", "checkpoint entity state"),
         Acl("TOPIC", t.output, "LITERAL", "WRITE", "publish predictions"),
+        *(
+            Acl(
+                "TOPIC",
+                settings.shadow_topic(m),
+                "LITERAL",
+                "WRITE",
+                f"publish shadow {m.name}'s predictions",
+            )
+            for m in settings.served_models
+            if m.role == "shadow"
+        ),
         Acl(
             "TOPIC", settings.dead_letter_topic, "LITERAL", "WRITE", "send bad input to the dead-letter topic"
         ),
@@ -85,7 +96,10 @@ def required_acls(settings: Settings) -> list[Acl]:
                 )
             )
     if t.create:
-        for name in dict.fromkeys((t.input, t.output, settings.dead_letter_topic, settings.changelog_topic)):
+        shadows = [settings.shadow_topic(m) for m in settings.served_models if m.role == "shadow"]
+        for name in dict.fromkeys(
+            (t.input, t.output, *shadows, settings.dead_letter_topic, settings.changelog_topic)
+        ):
             acls.append(
                 Acl("TOPIC", name, "LITERAL", "CREATE", "create the topic if missing (topics.create)")
             )

@@ -90,6 +90,7 @@ def _ensure_topics(admin: Admin, settings: Settings) -> int:
                 n,
                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"},
             ),
+            *((settings.shadow_topic(m), out_n, {}) for m in settings.served_models if m.role == "shadow"),
         ):
             if partitions_of(admin, name) is None:
                 create_topic(admin, name, parts, conf)

@@ -95,6 +95,7 @@ from stream_infer.kafka.errors import (
 from stream_infer.kafka.types import OffsetAndMetadata, TopicPartition
 from stream_infer.metrics import Metrics
 from stream_infer.pipeline.sink import Sink
+from stream_infer.state.models import ModelStates
 from stream_infer.state.store import EntityStore
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Checkpointer:
         *,
         consumer: Consumer,
         sink: Sink,
-        store: EntityStore,
+        store: EntityStore | ModelStates,
         drain: Callable[[], None],
         restore: Callable[[set[int]], int],
         metrics: Metrics,

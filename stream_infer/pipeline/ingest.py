@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,6 +31,20 @@ from stream_infer.state.store import ADMITTED, Admission, EntityStore
 from stream_infer.state.windows import DROPS, SEGMENTS, PushStats
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One more model on the stream (``models:``): its store, its inference thread's
+    ``hand_off`` and ``drain``, and which entities it runs (``runs``: a mask over a batch's
+    entities; None: every entity). ``dead_letters``: records refused for want of room in its
+    store are dead-lettered (a canary: it serves them) or only counted (a shadow)."""
+
+    store: EntityStore
+    hand_off: Callable[[WindowBatch], None]
+    drain: Callable[[], None]
+    runs: Callable[[list[str]], np.ndarray] | None = None
+    dead_letters: bool = True
 
 
 class Ingest:
@@ -48,7 +63,10 @@ class Ingest:
         hand_off: Callable[[WindowBatch], None],
         drain: Callable[[], None],
         dead_letter_topic: str,
+        others: Sequence[Route] = (),
     ) -> None:
+        """``store``, ``hand_off`` and ``drain``: the primary model's, which runs every entity;
+        ``others``: the other models on the stream, each fed the samples of its entities."""
         self.decoder = decoder
         self.store = store
         self.sink = sink
@@ -58,6 +76,8 @@ class Ingest:
         self.dead_letter_topic = dead_letter_topic
         self._logged_at: dict[str, float] = {}  # reason -> when a line about it was last logged
         self._refused_this_poll: set[str] = set()  # counted once per poll, however many parts
+        self.routes = (Route(store, hand_off, drain), *others)
+        self._dead_this_poll: set[tuple[int, int]] = set()  # refused records already dead-lettered
 
     def __call__(self, records: Sequence[ConsumedRecord]) -> None:
         """Decode, dead-letter the bad, window the good and hand completed windows on."""
@@ -117,35 +137,50 @@ class Ingest:
             self._dead_letter([internal_error(rec, exc)])
 
     def _window(self, batch: SampleBatch, records: Sequence[ConsumedRecord]) -> None:
-        """Admit the samples' entities (``EntityStore.admit``: in parts when one poll holds
-        more entities than there are slots) and push them into their windows; completed
-        windows go to the inference thread. The samples of entities refused for want of room
-        are dead-lettered (``over_capacity``)."""
+        """Each model's samples (every entity's for the primary and shadows, a canary's own)
+        into its windows (``_window_one``)."""
         if not len(batch):
             return
-        m = self.metrics
-        store = self.store
         self._refused_this_poll.clear()
+        self._dead_this_poll.clear()
+        for route in self.routes:
+            part = batch
+            if route.runs is not None:
+                part = batch.where(route.runs(batch.entities))
+            if len(part):
+                self._window_one(route, part, records)
+        self.metrics.entities(len(self.store), self.store.on_disk)
+
+    def _window_one(self, route: Route, batch: SampleBatch, records: Sequence[ConsumedRecord]) -> None:
+        """Admit the samples' entities (``EntityStore.admit``: in parts when one poll holds
+        more entities than there are slots) and push them into their windows; completed
+        windows go to the model's inference thread. The samples of entities refused for want
+        of room are dead-lettered (``over_capacity``)."""
+        m = self.metrics
+        store = route.store
+        primary = route is self.routes[0]
         parts = store.parts(batch.entities)
         if len(parts) > 1:
             m.split_polls.inc()
         for lo, hi in parts:
             part = batch.part(lo, hi)
-            adm = store.admit(part.entities, part.partition, time.monotonic(), before_free=self.drain)
+            adm = store.admit(part.entities, part.partition, time.monotonic(), before_free=route.drain)
             if adm is not ADMITTED:
-                part = self._admitted(part, adm, records)
+                part = self._admitted(part, adm, records, route.dead_letters)
             wb, st = store.push(part, time.monotonic())
-            # Counted once pushed: a poll retried record by record is not counted twice.
-            m.events.inc(len(part))
-            if st.duplicates or st.resets:
-                self._count_seq_rules(st)
+            if primary:
+                # Counted once pushed: a poll retried record by record is not counted twice.
+                m.events.inc(len(part))
+                if st.duplicates or st.resets:
+                    self._count_seq_rules(st)
             try:
-                self.hand_off(wb)
+                route.hand_off(wb)
             except Exception as exc:
                 raise PipelineError(f"handing windows to the inference thread failed: {exc}") from exc
-        m.entities(len(store), store.on_disk)
 
-    def _admitted(self, part: SampleBatch, adm: Admission, records: Sequence[ConsumedRecord]) -> SampleBatch:
+    def _admitted(
+        self, part: SampleBatch, adm: Admission, records: Sequence[ConsumedRecord], dead_letters: bool = True
+    ) -> SampleBatch:
         """Count what admission did; dead-letter the refused entities' records and return the
         samples of the others."""
         m = self.metrics
@@ -171,6 +206,11 @@ class Ingest:
         else:
             keys = {e.encode() for e in refused}
             at = {(r.partition, r.offset) for r in records if r.key in keys}
+        gone_part = part.where(~gone)
+        at -= self._dead_this_poll
+        if not dead_letters or not at:
+            return gone_part
+        self._dead_this_poll |= at
         self._dead_letter(
             [
                 InvalidMessage(
@@ -187,7 +227,7 @@ class Ingest:
                 if (r.partition, r.offset) in at
             ]
         )
-        return part.where(~gone)
+        return gone_part
 
     def _count_seq_rules(self, st: PushStats) -> None:
         """Count the sequence rules' drops and new segments per reason; log restarts and

@@ -21,6 +21,7 @@ from stream_infer.kafka import Consumer
 from stream_infer.kafka.types import RebalanceListener, TopicPartition
 from stream_infer.metrics import Metrics
 from stream_infer.pipeline.checkpoint import Checkpointer
+from stream_infer.state.models import ModelStates
 from stream_infer.state.store import EntityStore
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,9 @@ ReadChangelog = Callable[[set[int]], Mapping[bytes, tuple[int, bytes | None]]]
 class Restorer:
     """Loads partitions' entities from the changelog into the store (drained)."""
 
-    def __init__(self, store: EntityStore, read_changelog: ReadChangelog, metrics: Metrics) -> None:
+    def __init__(
+        self, store: EntityStore | ModelStates, read_changelog: ReadChangelog, metrics: Metrics
+    ) -> None:
         self.store = store
         self.read_changelog = read_changelog
         self.metrics = metrics

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,18 @@ _RECORD_OVERHEAD_BYTES = 512  # batch header (61 B), record framing and varints,
 _HEADER_OVERHEAD_BYTES = 10  # the two varints of one header, at most
 
 
+@dataclass(frozen=True, slots=True)
+class Outlet:
+    """Where one model's predictions go and what they carry: the output topic (the primary and
+    canaries) or a shadow's own topic; the model id on every document; the model's head."""
+
+    topic: str
+    model_id: str
+    head: Head
+
+
 class Sink:
-    """Publishes to the output, dead-letter and changelog topics."""
+    """Publishes to the output, dead-letter and changelog topics (and shadows' topics)."""
 
     def __init__(
         self,
@@ -59,6 +70,7 @@ class Sink:
         self.changelog_topic = changelog_topic
         self.model_id = model_id
         self.head = head if isinstance(head, Head) else Head("classification", tuple(head))
+        self.outlet = Outlet(output_topic, model_id, self.head)
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
@@ -112,8 +124,9 @@ class Sink:
         self._discard = False
         self._gate.set()
 
-    def publish(self, batch: WindowBatch, scores: np.ndarray) -> np.ndarray:
-        """Send one prediction per window, keyed by entity; returns emit times [B] (ms).
+    def publish(self, batch: WindowBatch, scores: np.ndarray, outlet: Outlet | None = None) -> np.ndarray:
+        """Send one prediction per window, keyed by entity, to ``outlet`` (default: the output
+        topic, as this sink's model); returns emit times [B] (ms).
 
         Per prediction this builds one dict and one ``orjson.dumps``; everything else (the
         head's fields, emit time, partitions) is computed once per batch. Each key's partition is
@@ -124,17 +137,18 @@ class Sink:
         if not self._open():
             return np.full(len(batch), time.time_ns() // 1_000_000, dtype=np.int64)
         emit_ms = time.time_ns() // 1_000_000
-        fields = self.head.fields(scores)
-        version = self.head.schema_version
+        out = outlet or self.outlet
+        fields = out.head.fields(scores)
+        version = out.head.schema_version
         produce = self.producer.produce
-        topic = self.output_topic
-        model = self.model_id
+        topic = out.topic
+        model = out.model_id
         dumps = orjson.dumps
         entities = batch.entities
         keys = [e.encode() for e in entities]
         parts = self.producer.key_partitions(topic, keys)
         traces = batch.trace if batch.trace is not None else [None] * len(entities)
-        last = self.last_predictions
+        last = self.last_predictions if topic == self.output_topic else None
         try:
             for ent, key, part, sq, ev, head_fields, tp in zip(
                 entities,

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +40,28 @@ class _Barrier:
 
 _STOP = object()
 
+# (windows, engine outputs) -> emit times [B] (ms): how one model's batch is published
+Publish = Callable[[WindowBatch, np.ndarray], np.ndarray]
+
 
 class InferenceWorker(threading.Thread):
     def __init__(
-        self, engine: Engine, slab: StateSlab, batcher: Batcher, sink: Sink, metrics: Metrics
+        self,
+        engine: Engine,
+        slab: StateSlab,
+        batcher: Batcher,
+        sink: Sink,
+        metrics: Metrics,
+        *,
+        model: str = "default",
+        publish: Publish | None = None,
+        output_metrics: bool = True,
     ) -> None:
-        super().__init__(name="inference", daemon=True)
+        """``model``: the model's name in the per-model metrics. ``publish``: how a batch's
+        outputs are published and counted (a model among several, ``pipeline.lanes``); default:
+        to the output topic through ``sink``. ``output_metrics``: feed the stream's own latency,
+        batch and engine metrics (off for a shadow, whose hops never reach the output)."""
+        super().__init__(name=f"inference-{model}" if model != "default" else "inference", daemon=True)
         self.engine = engine
         self.slab = slab
         self.batcher = batcher
@@ -58,6 +75,11 @@ class InferenceWorker(threading.Thread):
         self._q: queue.Queue[Any] = queue.Queue()
         self._input_shape = engine.spec.input_shape
         self._cuda = engine.spec.device.startswith("cuda")
+        self._publish = publish
+        self._output_metrics = output_metrics
+        self._m_engine = metrics.model_engine_time.labels(model)
+        self._m_batch = metrics.model_batch_size.labels(model)
+        self._m_latency = metrics.model_latency.labels(model)
 
     @property
     def queued(self) -> int:
@@ -157,13 +179,16 @@ class InferenceWorker(threading.Thread):
         if chunk is None:
             return
         started = time.monotonic()
-        self.metrics.queue_wait.observe_many(started - chunk.enqueued_s)
-        self.metrics.batch_size.observe(len(chunk))
+        if self._output_metrics:
+            self.metrics.queue_wait.observe_many(started - chunk.enqueued_s)
+            self.metrics.batch_size.observe(len(chunk))
+        self._m_batch.observe(len(chunk))
         y = self._run(chunk, retry=True)
         self._done += len(chunk)
         if y is None:
             return
-        self.metrics.predictions.inc(len(y[0]))
+        if self._publish is None:
+            self.metrics.predictions.inc(len(y[0]))
 
     def _run(self, chunk: WindowBatch, retry: bool) -> tuple[np.ndarray] | None:
         """Step the engine for ``chunk`` and publish; isolate failures. Returns published scores."""
@@ -194,10 +219,15 @@ class InferenceWorker(threading.Thread):
             outs = [self._run(chunk.select(part), retry=False) for part in (idx[:half], idx[half:])]
             kept = [o[0] for o in outs if o is not None]
             return (np.concatenate(kept),) if kept else None
-        self.metrics.engine_time.observe(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self._m_engine.observe(took)
         self.slab.scatter(slots, *nxt)
-        emit_ms = self.sink.publish(chunk, y)
-        self.metrics.event_to_publish.observe_many((emit_ms - chunk.event_ms) / 1000.0)
+        emit_ms = self.sink.publish(chunk, y) if self._publish is None else self._publish(chunk, y)
+        latency = (emit_ms - chunk.event_ms) / 1000.0
+        if self._output_metrics:
+            self.metrics.engine_time.observe(took)
+            self.metrics.event_to_publish.observe_many(latency)
+        self._m_latency.observe_many(latency)
         return (y,)
 
     def _infer(self, x: np.ndarray, *states: Any) -> tuple[Any, ...]:
