@@ -40,6 +40,7 @@ EXTERNAL_METRICS = {
 _SUFFIXES = {
     "counter": ("_total", "_created"),
     "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("_sum", "_count", "_created"),
     "info": ("_info",),
     "gauge": ("",),
 }
