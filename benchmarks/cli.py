@@ -23,7 +23,7 @@ _QUICK = typer.Option(False, "--quick", help="Smallest sizes and one repeat (sec
 _OUT = typer.Option(
     None, "--out", help="Where the JSON and PNG files go (default: docs/benchmarks; --quick: .local)."
 )
-NAMES = ("engine", "client", "e2e", "checkpoint", "naive", "frames", "hotpath")
+NAMES = ("engine", "client", "e2e", "models", "checkpoint", "naive", "frames", "hotpath")
 
 
 def _run(name: str, quick: bool, out: Path | None) -> Any:
@@ -61,6 +61,13 @@ def client(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
 def e2e(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
     """The service end to end: max events/s vs consume-only, latency at 25/50/75% of it."""
     _run("e2e", quick, out)
+
+
+@bench_app.command()
+def models(quick: bool = _QUICK, out: Path | None = _OUT) -> None:
+    """Several models on one stream: a canary's and a shadow's cost end to end; two engines on
+    one inference thread vs one each."""
+    _run("models", quick, out)
 
 
 @bench_app.command()

@@ -89,6 +89,8 @@ def service_settings(servers: str, topic: str, artifact: Path, **over: Any) -> A
         "metrics": {"port": 0, "host": "127.0.0.1"},
         "log_level": "WARNING",
     }
+    if over.get("models"):
+        del base["model"]  # several models: each entry names its own artifact
     for k, v in over.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
     return load_settings(None, **base)
