@@ -48,7 +48,7 @@ from stream_infer.pipeline.sink import Outlet, Sink
 from stream_infer.pipeline.source import Source
 from stream_infer.pipeline.worker import InferenceWorker
 from stream_infer.state.disk import DiskTier
-from stream_infer.state.inspection import entity_document, partition_for, state_names
+from stream_infer.state.inspection import entity_document, partition_for, state_names, tensor_summary
 from stream_infer.state.models import ModelStates
 from stream_infer.state.slab import make_state_slab
 from stream_infer.state.store import EntityStore, ModelShape
@@ -87,7 +87,8 @@ class Service:
         self.card = card = card or load_card(served[0].artifact)
         given = dict(cards or {})
         self.cards = {
-            m.name: card if i == 0 else given.get(m.name) or load_card(m.artifact) for i, m in enumerate(served)
+            m.name: card if i == 0 else given.get(m.name) or load_card(m.artifact)
+            for i, m in enumerate(served)
         }
         _check_same_input(self.cards)
         self.registry = registry
@@ -259,9 +260,11 @@ class Service:
             drain=self.worker.drain,
             dead_letter_topic=s.dead_letter_topic,
             others=[
-                Route(ln.store, w.submit, w.drain, group.runs(ln), ln.role == "canary")
+                Route(ln.store, w.submit, w.drain, group.runs(ln), ln.role == "canary", ln.name)
                 for ln, w in zip(lanes[1:], workers[1:], strict=True)
             ],
+            model=lanes[0].name,
+            control_messages=s.input.control_messages,
         )
 
     def drain(self) -> None:
@@ -316,7 +319,7 @@ class Service:
         names = state_names(self.model_shape.states)
         last = self.sink.last_predictions or {}
         raw = last.get(entity)
-        return entity_document(
+        status, doc = entity_document(
             entity,
             part if part >= 0 else (view.partition if view is not None else -1),
             owned,
@@ -325,6 +328,25 @@ class Service:
             orjson.loads(raw) if raw is not None else None,
             tensors,
         )
+        if status == 200 and len(self.lanes.lanes) > 1:
+            doc["models"] = {ln.name: self._lane_view(ln, entity, tensors) for ln in self.lanes.lanes}
+        return status, doc
+
+    def _lane_view(self, lane: Lane, entity: str, tensors: bool) -> dict[str, Any] | None:
+        """One model's state of ``entity`` (several models on the stream), None if it holds none."""
+        view = lane.store.describe(entity, time.monotonic())
+        if view is None:
+            return None
+        held = lane.store.tensors_of(entity) or ()
+        names = state_names(self.shapes[lane.name].states)
+        return {
+            "role": lane.role,
+            "model": lane.card.model_id,
+            "last_seq": view.last_seq,
+            "samples_in_segment": view.samples_in_segment,
+            "fresh": view.fresh,
+            "states": [tensor_summary(n, a, tensors) for n, a in zip(names, held, strict=False)],
+        }
 
     @property
     def metrics_port(self) -> int | None:

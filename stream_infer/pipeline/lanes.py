@@ -161,7 +161,8 @@ class Workers:
 
     @property
     def queued(self) -> int:
-        return sum(w.queued for w in self.workers)
+        """The longest queue: back-pressure holds the input when any model falls behind."""
+        return max(w.queued for w in self.workers)
 
     @property
     def error(self) -> BaseException | None:

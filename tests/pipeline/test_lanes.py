@@ -226,3 +226,20 @@ def test_promoting_a_shadow_restores_the_state_it_built():
 def test_bad_models_are_refused_in_one_line(models, why):
     with pytest.raises(ConfigError, match=why):
         load_settings(None, models=models)
+
+
+def test_the_entity_document_shows_every_models_state():
+    svc, _ = make_service()
+    ents = [f"dev-{i}" for i in range(40)]
+    try:
+        feed(svc, ents, 4)
+        canary = next(e for e, r in zip(ents, svc.lanes.router.route(ents), strict=True) if r == 0)
+        other = next(e for e, r in zip(ents, svc.lanes.router.route(ents), strict=True) if r != 0)
+        status, doc = svc.describe_entity(canary)
+        assert status == 200 and set(doc["models"]) == {"main", "can", "shad"}
+        assert all(doc["models"][m]["last_seq"] == 3 for m in doc["models"])
+        assert doc["models"]["can"]["role"] == "canary" and "values" not in doc["models"]["can"]["states"][0]
+        _, doc = svc.describe_entity(other, tensors=True)
+        assert doc["models"]["can"] is None and "values" in doc["models"]["shad"]["states"][0]
+    finally:
+        svc.workers.stop()
