@@ -4,12 +4,14 @@ The primary runs every entity, so for every hop a shadow or canary predicts, the
 predicts the same (entity, seq) too, on its own inference thread and at its own pace. Whichever
 side comes first leaves its outputs here; the other side compares and counts: the same label or
 not (classification and anomaly heads) and the mean absolute difference of the published
-scores (probabilities, values or anomaly scores). Pending outputs are bounded: the oldest are
-forgotten past ``max_pending`` (a hop one side dropped is never compared).
+scores (probabilities, values or anomaly scores). Only hops at the same seq meet: models with
+other windows or hops are compared where their hops coincide. Pending outputs are bounded: the
+oldest are forgotten past ``max_pending`` (a hop one side dropped is never compared).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Sequence
 
@@ -75,7 +77,7 @@ class Agreement:
                         differ += 1
             over = len(pending) - self.max_pending
             if over > 0:
-                for k in list(pending)[:over]:
+                for k in list(itertools.islice(pending, over)):  # the oldest, O(over)
                     del pending[k]
         m = self.metrics
         if same:

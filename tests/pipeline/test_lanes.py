@@ -243,3 +243,20 @@ def test_the_entity_document_shows_every_models_state():
         assert doc["models"]["can"] is None and "values" in doc["models"]["shad"]["states"][0]
     finally:
         svc.workers.stop()
+
+
+def test_agreement_forgets_the_oldest_hops_past_its_bound():
+    import numpy as np
+
+    from stream_infer.metrics import Metrics
+    from stream_infer.model.heads import Head
+    from stream_infer.pipeline.agreement import Agreement
+
+    agreement = Agreement(Metrics(CollectorRegistry()), max_pending=10)
+    head = Head("classification", ("a", "b"))
+    y = np.zeros((100, 2), np.float32)
+    agreement.offer("s", True, head, [f"e{i}" for i in range(100)], list(range(100)), y)
+    assert len(agreement._pending) == 10
+    # the newest still meet their other side
+    agreement.offer("s", False, head, ["e99"], [99], y[:1])
+    assert agreement.metrics.model_agreement.labels("s", "same")._value.get() == 1
