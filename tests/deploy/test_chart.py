@@ -134,6 +134,27 @@ def test_configmap_is_a_valid_settings_file(tmp_path: Path) -> None:
         assert settings.metrics.port == 9100
 
 
+def test_several_models_render_as_models_without_the_single_model(tmp_path: Path) -> None:
+    """config.models (docs/models.md) replaces config.model in the rendered settings, and each
+    entry's artifact is checked against the model volume."""
+    from stream_infer.config import load_settings
+
+    values = tmp_path / "models.yaml"
+    values.write_text(
+        "model: {source: volume, volume: {persistentVolumeClaim: {claimName: m}}}\n"
+        "config:\n  models:\n"
+        "    - {name: main, artifact: /models/v1, role: primary}\n"
+        "    - {name: next, artifact: /models/v2, role: shadow}\n"
+    )
+    cm = by_kind(render("-f", str(values)))["ConfigMap"]
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    settings = load_settings(path)
+    assert [(m.name, m.role) for m in settings.served_models] == [("main", "primary"), ("next", "shadow")]
+    bad = helm("template", "r", str(CHART), "-f", str(values), "--set", "model.mountPath=/elsewhere")
+    assert bad.returncode != 0 and "config.models[0].artifact" in bad.stderr
+
+
 def test_gpu_keda_values_render_everything() -> None:
     docs = render("-f", str(CI_VALUES))
     kinds = by_kind(docs)

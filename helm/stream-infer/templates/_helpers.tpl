@@ -82,6 +82,10 @@ in config wins over the derived one.
 {{- $_ := set $kafka "sasl_password_file" (printf "%s/%s" $auth.saslPasswordFile.mountPath $auth.saslPasswordFile.key) }}
 {{- end }}
 {{- $_ := set $cfg "kafka" $kafka }}
+{{- if $cfg.models }}
+{{- /* several models (docs/models.md): each entry names its artifact; the single model's default goes */}}
+{{- $_ := unset $cfg "model" }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}
 
@@ -117,9 +121,18 @@ combination fails `helm install` / `helm template` with a message that names the
 {{- end }}
 {{- end }}
 {{- if ne $v.model.source "image" }}
-{{- $artifact := toString $v.config.model.artifact }}
+{{- $artifacts := dict }}
+{{- if $v.config.models }}
+{{- range $i, $m := $v.config.models }}
+{{- $_ := set $artifacts (printf "config.models[%d].artifact" $i) (toString $m.artifact) }}
+{{- end }}
+{{- else }}
+{{- $_ := set $artifacts "config.model.artifact" (toString $v.config.model.artifact) }}
+{{- end }}
+{{- range $key, $artifact := $artifacts }}
 {{- if not (hasPrefix (printf "%s/" (trimSuffix "/" $v.model.mountPath)) $artifact) }}
-{{- fail (printf "config.model.artifact (%s) must lie under model.mountPath (%s) when model.source is %s" $artifact $v.model.mountPath $v.model.source) }}
+{{- fail (printf "%s (%s) must lie under model.mountPath (%s) when model.source is %s" $key $artifact $v.model.mountPath $v.model.source) }}
+{{- end }}
 {{- end }}
 {{- if and (eq $v.model.source "volume") (not $v.model.volume) }}
 {{- fail "model.source is volume but model.volume is empty (give a volume source, e.g. persistentVolumeClaim)" }}
