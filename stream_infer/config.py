@@ -309,6 +309,9 @@ class InputSettings(_Section):
     format: str = "json"
     max_message_bytes: int = Field(4_194_304, ge=16)
     max_samples_per_message: int = Field(10_000, ge=1)
+    # In-band control messages (a record with a header "control": reset or set-state) steer an
+    # entity's state. Off: any writer of the input could set any entity's state (docs/security.md).
+    control_messages: bool = False
     # format "registry": Confluent wire format (Avro or JSON Schema), schemas from this registry.
     schema_registry_url: str | None = None
     schema_registry_username: str | None = None

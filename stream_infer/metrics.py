@@ -70,6 +70,8 @@ INVALID_REASONS = (
     "unsupported_schema",
     "internal_error",
     "over_capacity",
+    "control_disabled",
+    "bad_control",
 )
 DROP_REASONS = ("duplicate_seq", "older_seq", "replayed")  # stream_infer.state.windows.DROPS
 # stream_infer.state.windows.SEGMENTS, then the state a restore could not use
@@ -77,6 +79,7 @@ RESET_REASONS = ("seq_gap", "seq_restart", "seq_outlier", "explicit_reset", "sta
 EVICT_REASONS = ("ttl",)  # deletion; the slot cap pages out to the disk tier instead
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
 KAFKA_OPS = ("poll", "commit")
+CONTROL_KINDS = ("reset", "set-state")  # stream_infer.pipeline.control.KINDS
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -113,13 +116,16 @@ class BatchHistogram(Collector):
     def count(self) -> int:
         return int(self._counts.sum())
 
-    def collect(self) -> Iterable[HistogramMetricFamily]:
+    def snapshot(self) -> tuple[list[tuple[str, float]], float]:
+        """(cumulative buckets, sum) as exposed."""
         with self._lock:
             cumulative = np.cumsum(self._counts)
             total = self._sum
+        return [(_le(u), float(n)) for u, n in zip(self.upper, cumulative, strict=True)], total
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.documentation)
-        buckets = [(_le(u), float(n)) for u, n in zip(self.upper, cumulative, strict=True)]
-        family.add_metric([], buckets, total)
+        family.add_metric([], *self.snapshot())
         yield family
 
     def describe(self) -> Iterable[HistogramMetricFamily]:
@@ -154,11 +160,7 @@ class ModelBatchHistogram(Collector):
         with self._lock:
             children = list(self._children.items())
         for model, child in children:
-            with child._lock:
-                cumulative = np.cumsum(child._counts)
-                total = child._sum
-            buckets = [(_le(u), float(n)) for u, n in zip(child.upper, cumulative, strict=True)]
-            family.add_metric([model], buckets, total)
+            family.add_metric([model], *child.snapshot())
         yield family
 
     def describe(self) -> Iterable[HistogramMetricFamily]:
@@ -358,6 +360,12 @@ class Metrics:
         self.model_info = Info(
             f"{p}_served_model", "Each model on the stream, its role and version.", ["model"], registry=r
         )
+        self.control_messages = Counter(
+            f"{p}_control_messages",
+            "Control messages applied (input.control_messages), by kind: reset or set-state.",
+            ["kind"],
+            registry=r,
+        )
         # Every known label value starts at zero, so each series exists from the first scrape
         # and rate() over it is defined before the first event.
         for family, values in (
@@ -367,6 +375,7 @@ class Metrics:
             (self.evicted, EVICT_REASONS),
             (self.rebalances, REBALANCE_KINDS),
             (self.kafka_errors, KAFKA_OPS),
+            (self.control_messages, CONTROL_KINDS),
         ):
             for v in values:
                 family.labels(v)

@@ -9,6 +9,12 @@ Poison isolation: decode is built never to raise, and a failure of the windowing
 is retried record by record; a record that still fails is dead-lettered as ``internal_error``
 and the other records go on. Only a ``PipelineError`` (not about one record: the inference
 thread failed, dead letters cannot be sent) escapes.
+
+Control messages (``pipeline/control.py``, docs/formats.md) split a poll: the records before one
+are ingested and the targeted models' inference threads drained before it is applied, so an
+entity's samples before it run with the state it replaces and those after it with the new one.
+A poll without any (a header scan, at C speed when no record has headers) takes the path above
+unchanged.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from stream_infer.errors import PipelineError, SinkError
 from stream_infer.kafka.errors import KafkaError
 from stream_infer.kafka.types import ConsumedRecord
 from stream_infer.metrics import Metrics
+from stream_infer.pipeline.control import Control, Controls, has_control, is_control
 from stream_infer.pipeline.decode import Decoder, DecodeResult, internal_error
 from stream_infer.pipeline.sink import Sink
 from stream_infer.records import InvalidMessage, SampleBatch, WindowBatch
+from stream_infer.state.models import PLAIN
 from stream_infer.state.store import ADMITTED, Admission, EntityStore
 from stream_infer.state.windows import DROPS, SEGMENTS, PushStats
 
@@ -38,13 +46,15 @@ class Route:
     """One more model on the stream (``models:``): its store, its inference thread's
     ``hand_off`` and ``drain``, and which entities it runs (``runs``: a mask over a batch's
     entities; None: every entity). ``dead_letters``: records refused for want of room in its
-    store are dead-lettered (a canary: it serves them) or only counted (a shadow)."""
+    store are dead-lettered (a canary: it serves them) or only counted (a shadow). ``name``:
+    the model's, as control messages name it."""
 
     store: EntityStore
     hand_off: Callable[[WindowBatch], None]
     drain: Callable[[], None]
     runs: Callable[[list[str]], np.ndarray] | None = None
     dead_letters: bool = True
+    name: str = PLAIN
 
 
 class Ingest:
@@ -64,9 +74,13 @@ class Ingest:
         drain: Callable[[], None],
         dead_letter_topic: str,
         others: Sequence[Route] = (),
+        model: str = PLAIN,
+        control_messages: bool = False,
     ) -> None:
-        """``store``, ``hand_off`` and ``drain``: the primary model's, which runs every entity;
-        ``others``: the other models on the stream, each fed the samples of its entities."""
+        """``store``, ``hand_off`` and ``drain``: the primary model's (named ``model``), which
+        runs every entity; ``others``: the other models on the stream, each fed the samples of
+        its entities. ``control_messages``: apply control messages (``input.control_messages``);
+        when off they are dead-lettered as ``control_disabled``."""
         self.decoder = decoder
         self.store = store
         self.sink = sink
@@ -76,12 +90,23 @@ class Ingest:
         self.dead_letter_topic = dead_letter_topic
         self._logged_at: dict[str, float] = {}  # reason -> when a line about it was last logged
         self._refused_this_poll: set[str] = set()  # counted once per poll, however many parts
-        self.routes = (Route(store, hand_off, drain), *others)
+        self.routes = (Route(store, hand_off, drain, name=model), *others)
         self._dead_this_poll: set[tuple[int, int]] = set()  # refused records already dead-lettered
+        self._by_name = {r.name: r for r in self.routes}
+        self.controls = Controls(
+            control_messages, {r.name: r.store.model.states for r in self.routes}, decoder.max_message_bytes
+        )
 
     def __call__(self, records: Sequence[ConsumedRecord]) -> None:
-        """Decode, dead-letter the bad, window the good and hand completed windows on."""
+        """Decode, dead-letter the bad, window the good and hand completed windows on; control
+        messages apply in their place among the samples (``_with_controls``)."""
         self.metrics.messages.inc(len(records))
+        if has_control(records):
+            self._with_controls(records)
+        else:
+            self._ingest(records)
+
+    def _ingest(self, records: Sequence[ConsumedRecord]) -> None:
         res = self._decode(records)
         if res.invalid:
             self._dead_letter(res.invalid)
@@ -100,6 +125,88 @@ class Ingest:
             for rec in records:
                 if (rec.partition, rec.offset) not in dead:
                     self._one(rec)
+
+    # --- control messages ---
+
+    def _with_controls(self, records: Sequence[ConsumedRecord]) -> None:
+        """A poll holding control messages, split at them, in order: the records before a
+        control are ingested (their windows handed on), then the control applies (``_control``:
+        after draining the targeted models' inference threads), then the rest goes on. Records
+        of other entities in between are only split into smaller runs, which changes nothing
+        of what they produce."""
+        lo = 0
+        for i, rec in enumerate(records):
+            if not is_control(rec):
+                continue
+            if i > lo:
+                self._ingest(records[lo:i])
+            self._control(rec)
+            lo = i + 1
+        if lo < len(records):
+            self._ingest(records[lo:])
+
+    def _control(self, rec: ConsumedRecord) -> None:
+        """Check and apply one control message; one that cannot be applied is dead-lettered
+        (``control_disabled``, ``bad_control``; ``over_capacity`` when no tier has room for
+        a new entity) and changes nothing."""
+        got = self.controls.parse(rec)
+        if isinstance(got, InvalidMessage):
+            self._dead_letter([got])
+            return
+        try:
+            self._apply(got, rec)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            self._dead_letter([internal_error(rec, exc)])
+
+    def _apply(self, control: Control, rec: ConsumedRecord) -> None:
+        routes = [self._by_name[name] for name, _ in control.targets]
+        for route in routes:
+            route.drain()  # the windows handed on so far run with the state the control replaces
+        now = time.monotonic()
+        applied: list[str] = []
+        refused: list[str] = []
+        for route, (name, tensors) in zip(routes, control.targets, strict=True):
+            done = route.store.steer(
+                control.entity, control.partition, tensors, now, control.offset, before_free=route.drain
+            )
+            self._count_admission(done.admission)
+            if done.applied:
+                applied.append(name)
+            elif done.admission.refused:
+                refused.append(name)
+        self.metrics.entities(len(self.store), self.store.on_disk)
+        if applied:
+            self.metrics.control_messages.labels(control.kind).inc()
+            if self._first_this_second(f"control {control.kind}"):
+                logger.info(
+                    "control %s applied to entity %s (models %s) from %s[%d]@%d (similar ones this "
+                    "second are counted, not logged)",
+                    control.kind,
+                    control.entity,
+                    ", ".join(applied),
+                    rec.topic,
+                    rec.partition,
+                    rec.offset,
+                    extra={"entity": control.entity, "partition": rec.partition, "offset": rec.offset},
+                )
+        if refused:
+            self._dead_letter(
+                [
+                    InvalidMessage(
+                        rec.topic,
+                        rec.partition,
+                        rec.offset,
+                        rec.key,
+                        rec.value,
+                        list(rec.headers or ()),
+                        "over_capacity",
+                        f"control {control.kind} for entity {control.entity} not applied to model(s) "
+                        f"{', '.join(refused)}: no tier has room for a new entity",
+                    )
+                ]
+            )
 
     def _decode(self, records: Sequence[ConsumedRecord]) -> DecodeResult:
         try:
@@ -184,12 +291,7 @@ class Ingest:
         """Count what admission did; dead-letter the refused entities' records and return the
         samples of the others."""
         m = self.metrics
-        if adm.paged_out:
-            m.paged_out.inc(adm.paged_out)
-        if adm.paged_in:
-            m.paged_in.inc(adm.paged_in)
-        if adm.thrash:
-            m.thrash.inc(adm.thrash)
+        self._count_admission(adm)
         if not adm.refused:
             return part
         refused = adm.refused
@@ -228,6 +330,15 @@ class Ingest:
             ]
         )
         return gone_part
+
+    def _count_admission(self, adm: Admission) -> None:
+        m = self.metrics
+        if adm.paged_out:
+            m.paged_out.inc(adm.paged_out)
+        if adm.paged_in:
+            m.paged_in.inc(adm.paged_in)
+        if adm.thrash:
+            m.thrash.inc(adm.thrash)
 
     def _count_seq_rules(self, st: PushStats) -> None:
         """Count the sequence rules' drops and new segments per reason; log restarts and

@@ -9,6 +9,8 @@ life cycle, in the order an entity meets it:
   (entities on the disk tier are paged back in; when slots run short the least recently seen
   entities are paged out to the disk tier, never one of the poll; when both tiers are full new
   entities are refused), then ``push`` (samples into windows; completed windows out);
+* steering: ``steer`` (a control message: a reset, or state set to given tensors, admitting
+  an entity not yet held);
 * expiry: ``expire_idle`` (idle TTL, both tiers) leaves a tombstone that deletes the changelog
   record at the next checkpoint. Nothing is deleted for memory's sake: paging is not eviction;
 * checkpoint: ``snapshot_dirty`` (changelog records of what changed, in memory or paged out);
@@ -24,7 +26,7 @@ The service, ``evaluate`` and the benchmarks use this API only.
 
 Threading: the source thread owns the store. The inference thread reads windows it was handed
 and writes the slab rows of the slots in them, so every call that frees or reuses a slot
-(``expire_idle``, ``drop_partitions``, ``restore``, ``rewind``) and ``snapshot_dirty`` must run
+(``expire_idle``, ``drop_partitions``, ``restore``, ``rewind``), ``steer`` and ``snapshot_dirty`` must run
 with the inference thread drained: the caller drains first. ``admit`` calls the ``before_free``
 it is given (the drain) before it pages anything out; paging in only fills free slots, which no
 window in flight uses.
@@ -33,7 +35,7 @@ window in flight uses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +101,15 @@ class Admission:
 
 
 ADMITTED = Admission()  # every entity admitted, nothing paged or refused
+
+
+@dataclass(frozen=True, slots=True)
+class Steered:
+    """What ``steer`` did."""
+
+    applied: bool
+    admission: Admission = ADMITTED  # ``refused``: no room for a new entity, nothing changed
+    replayed: bool = False  # the entity's state has already seen the control (input read again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +402,73 @@ class EntityStore:
 
         self._dirty[slots] = True
         return wb, st
+
+    # --- steering (drained) ---
+
+    def steer(
+        self,
+        entity: str,
+        partition: int,
+        tensors: Sequence[np.ndarray] | None,
+        now_s: float,
+        offset: int | None = None,
+        before_free: Callable[[], None] = lambda: None,
+    ) -> Steered:
+        """Apply a control message (docs/formats.md, control messages) to ``entity``: its
+        current segment ends and the next starts with an empty window, from zero state
+        (``tensors`` None: a reset) or from ``tensors`` (a set-state: one float array per state
+        of the model's contract, in its order, each of the state's per-entity shape, without
+        the batch axis). A set-state admits an entity not yet held (``admit``: it may page
+        others out, calling ``before_free`` first, or be refused for want of room); a reset of
+        an entity not held changes nothing, since it would start from zero state anyway.
+
+        ``offset``: the control message's input offset in ``partition``. A control the entity's
+        state has already seen (at or below the last offset it took in: input read again after
+        a restart or a rebalance) is not applied twice. The entity is marked dirty, so the next
+        checkpoint writes its new state to the changelog. Writes the slab: call it with the
+        inference thread drained."""
+        specs = self.model.states
+        if tensors is not None:
+            if len(tensors) != len(specs):
+                raise ValueError(f"{len(tensors)} state tensors for a model with {len(specs)}")
+            for a, spec in zip(tensors, specs, strict=True):
+                if np.shape(a) != spec.shape:
+                    raise ValueError(
+                        f"state {spec.input!r}: shape {list(np.shape(a))}, not {list(spec.shape)}"
+                    )
+        elif entity not in self:
+            return Steered(True)
+        adm = self.admit([entity], np.asarray([partition], np.int32), now_s, before_free)
+        if adm.refused:
+            return Steered(False, adm)
+        w = self._windows
+        s = self._slots.lookup(entity)
+        if (
+            offset is not None
+            and s is not None
+            and int(self._slots.partition[s]) == partition
+            and int(w.last_offset[s]) >= offset
+        ):
+            return Steered(False, adm, replayed=True)
+        s = self._slots.put(entity, partition, now_s)
+        at = np.asarray([s])
+        w.reset(at)
+        if tensors is None:
+            self._slab.zero(at)
+        else:
+            w.fresh[s] = False  # the next window steps from the given state, not from zero
+            self._slab.write(
+                at,
+                *(
+                    np.expand_dims(np.asarray(a, np.float32), spec.batch_axis)
+                    for a, spec in zip(tensors, specs, strict=True)
+                ),
+            )
+        if offset is not None:
+            w.last_offset[s] = offset
+        self._tombstones.pop(entity, None)
+        self._dirty[s] = True
+        return Steered(True, adm)
 
     # --- eviction (drained) ---
 
