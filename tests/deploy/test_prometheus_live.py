@@ -51,6 +51,15 @@ def _feed(m: Metrics, stop: threading.Event) -> None:
         m.commits.inc()
         m.invalid.labels(reason="bad_json").inc()
         m.dead_letters.inc()
+        # two models on the stream: the primary and a shadow that agrees on most hops
+        for model in ("main", "next"):
+            m.model_predictions.labels(model, "primary" if model == "main" else "shadow", "published").inc(32)
+            m.model_latency.labels(model).observe_many(np.full(32, 0.02))
+            m.model_engine_time.labels(model).observe(0.003)
+            m.model_batch_size.labels(model).observe(32)
+        m.model_agreement.labels("next", "same").inc(30)
+        m.model_agreement.labels("next", "different").inc(2)
+        m.model_abs_diff.labels("next").observe(0.01)
         stop.wait(0.1)
 
 
@@ -72,6 +81,13 @@ def metrics_endpoint() -> Iterator[tuple[int, Metrics]]:
     m.unstable_records.labels(topic="sensor-events", partition="0").set(0)
     m.lso_stuck.labels(topic="sensor-events", partition="0").set(0)
     m.restored.inc(3)
+    for model, role in (("main", "primary"), ("next", "shadow")):
+        m.model_predictions.labels(model, role, "published").inc(0)
+        m.model_latency.labels(model).observe_many(np.full(1, 0.02))
+        m.model_engine_time.labels(model).observe(0.003)
+        m.model_batch_size.labels(model).observe(32)
+    m.model_agreement.labels("next", "same").inc(0)
+    m.model_abs_diff.labels("next").observe(0.0)
     m.engine_errors.inc(0)
     m.isolated.inc(0)
     for gauge, value in (

@@ -13,20 +13,11 @@ import pytest
 
 from stream_infer.backends import open_engine
 from stream_infer.model.card import load_card
-from stream_infer.model.datasets import basic_motions, hop_windows
-from stream_infer.model.train import train_sensor
+from stream_infer.model.datasets import hop_windows
 from tests.processes import ServiceProcess, StreamFeeder, entity_streams, read_hops, service_config
 from tests.reference import published
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same architecture and shapes as the demo model, another seed: another version."""
-    out = tmp_path_factory.mktemp("model-b") / "b"
-    train_sensor(basic_motions(), out, seed=7, epochs=15, progress=False)
-    return out
 
 
 def test_an_upgrade_keeps_state_and_no_hop_is_lost_or_repeated(
