@@ -37,17 +37,18 @@ class Router:
         return len(self._edges)
 
     def route(self, entities: Sequence[str]) -> np.ndarray:
-        """[B] int: the canary index serving each entity, ``PRIMARY`` (-1) for the primary's."""
+        """[B] int: the canary index serving each entity, ``PRIMARY`` (-1) for the primary's.
+        Called per sample on the ingest path: each entity is hashed once (then cached), and a
+        poll's lookups run in one ``np.fromiter`` over the cache."""
         if not self.canaries:
             return np.full(len(entities), PRIMARY, dtype=np.int64)
         cache = self._cache
         if len(cache) > _CACHE_MAX:
             cache.clear()
-        out = np.empty(len(entities), dtype=np.int64)
-        for i, e in enumerate(entities):
-            r = cache.get(e)
-            if r is None:
-                k = int(np.searchsorted(self._edges, bucket(e), side="right"))
-                r = cache[e] = k if k < self.canaries else PRIMARY
-            out[i] = r
-        return out
+        new = set(entities).difference(cache)
+        if new:
+            edges, n = self._edges, self.canaries
+            for e in new:
+                k = int(np.searchsorted(edges, bucket(e), side="right"))
+                cache[e] = k if k < n else PRIMARY
+        return np.fromiter(map(cache.__getitem__, entities), dtype=np.int64, count=len(entities))
