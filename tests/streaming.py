@@ -30,6 +30,8 @@ def settings_for(bootstrap: str, topic: str, artifact: str = "unused", **over: A
         "batcher": {"max_wait_ms": 5},
         "delivery": {"commit_interval_ms": 300},
     }
+    if over.get("models"):
+        del base["model"]  # several models: each entry names its own artifact
     return load_settings(None, **_merge(base, over))
 
 

@@ -75,6 +75,10 @@ class Lanes:
             )
             for use in ("published", "reference") if ln.role == "primary" else ("published",):
                 metrics.model_predictions.labels(ln.name, ln.role, use)
+            if ln.role != "primary":  # every series exists from the first scrape
+                for result in ("same", "different"):
+                    metrics.model_agreement.labels(ln.name, result)
+                metrics.model_abs_diff.labels(ln.name)
 
     @property
     def primary(self) -> Lane:

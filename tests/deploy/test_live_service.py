@@ -40,7 +40,12 @@ def test_live_service_scrape_lints_covers_dashboard_and_answers_quantiles(
     kafka_bootstrap, new_topic, sensor_model, tmp_path: Path
 ) -> None:
     topic = new_topic("live", partitions=2)
-    s = settings_for(kafka_bootstrap, topic, str(sensor_model), metrics={"host": "127.0.0.1"})
+    # A primary and a shadow: the per-model series (agreement among them) are scraped live too.
+    models = [
+        {"name": "main", "artifact": str(sensor_model), "role": "primary"},
+        {"name": "next", "artifact": str(sensor_model), "role": "shadow"},
+    ]
+    s = settings_for(kafka_bootstrap, topic, models=models, metrics={"host": "127.0.0.1"})
     test = basic_motions().subset("test")
     with RunningService(s) as rs:
         rs.wait_ready()
