@@ -168,10 +168,10 @@ def run(quick: bool = False, repeats: int | None = None, out_dir: Path | None = 
     report.ratios["e2e shadow / one model"] = Stat(got["primary + shadow"]).median / base
     alone: dict[str, list[float]] = {"one thread, in turn": [], "a thread each": []}
     for _ in range(reps):
-        for k, v in engines_alone(art, 20 if quick else 100, 256).items():
-            alone[k].append(v)
-    for k, v in alone.items():
-        st = Stat(v)
+        for k, rate in engines_alone(art, 20 if quick else 100, 256).items():
+            alone[k].append(rate)
+    for k, rates in alone.items():
+        st = Stat(rates)
         report.rows.append(
             {
                 "part": "two engines alone",
