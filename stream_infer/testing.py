@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from stream_infer.backends.base import EngineSpec
+from stream_infer.model.card import ModelCard
 
 
 class LinearEngine:
@@ -104,3 +105,19 @@ class ListProducer:
 
     def close(self, timeout: float | None = None) -> None:
         pass
+
+
+def linear_card(name: str, window: int, features: int, layers: int = 1, hidden: int = 4) -> ModelCard:
+    """The card of a ``LinearEngine`` sensor model (labels a, b; hop 1), for tests that serve
+    one without an artifact."""
+    return ModelCard(
+        name=name,
+        version="1",
+        kind="sensor",
+        window=window,
+        hop=1,
+        sample_shape=[features],
+        labels=["a", "b"],
+        lstm_layers=layers,
+        hidden_size=hidden,
+    )

@@ -33,6 +33,7 @@ from stream_infer.errors import DecodeError
 from stream_infer.formats.base import Record, describe
 from stream_infer.metrics import CONTROL_KINDS
 from stream_infer.model.contract import StateSpec
+from stream_infer.pipeline.decode import as_invalid
 from stream_infer.records import InvalidMessage
 
 CONTROL = "control"  # the header that makes a record a control message
@@ -85,9 +86,9 @@ class Controls:
         try:
             return self._parse(rec)
         except DecodeError as err:
-            return _invalid(rec, err.reason, err.detail)
+            return as_invalid(rec, err)
         except Exception as exc:  # an input nobody foresaw: refused all the same
-            return _invalid(rec, "bad_control", f"unreadable control message: {describe(exc)}")
+            return as_invalid(rec, _bad(f"unreadable control message: {describe(exc)}"))
 
     def _parse(self, rec: Record) -> Control:
         if not self.enabled:
@@ -201,17 +202,4 @@ def _bad(detail: str) -> DecodeError:
 def _type(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
         type(v), type(v).__name__
-    )
-
-
-def _invalid(rec: Record, reason: str, detail: str) -> InvalidMessage:
-    return InvalidMessage(
-        topic=rec.topic,
-        partition=rec.partition,
-        offset=rec.offset,
-        key=rec.key,
-        value=rec.value,
-        headers=list(rec.headers or ()),
-        reason=reason,
-        detail=detail,
     )

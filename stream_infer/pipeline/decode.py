@@ -175,12 +175,12 @@ class Decoder:
                 if _header_reset(rec):
                     r = [True, *r[1:]]
             except DecodeError as err:
-                invalid.append(_invalid(rec, err))
+                invalid.append(as_invalid(rec, err))
                 continue
             except PipelineError:  # the registry cannot be asked: not about this record
                 raise
             except Exception as exc:  # a bug or an input nobody foresaw: this message only
-                invalid.append(_invalid(rec, _internal(rec, exc)))
+                invalid.append(as_invalid(rec, _internal(rec, exc)))
                 continue
             entities.extend([entity] * n)
             seqs.extend(s)
@@ -201,7 +201,7 @@ class Decoder:
             keep_msg = ~bad
             for i in np.flatnonzero(bad):
                 why = failed.get(int(i)) or DecodeError("non_finite", "NaN or inf in values")
-                invalid.append(_invalid(accepted[i], why))
+                invalid.append(as_invalid(accepted[i], why))
             keep = np.repeat(keep_msg, counts)
             arr = arr[keep]
             idx = np.flatnonzero(keep)
@@ -321,10 +321,11 @@ def _internal(rec: Record, exc: Exception) -> DecodeError:
 def internal_error(rec: Record, exc: Exception) -> InvalidMessage:
     """The dead letter of a record that broke a stage (decoding or later) in an unforeseen way:
     reason ``internal_error``, the exception's type and message as the detail."""
-    return _invalid(rec, _internal(rec, exc))
+    return as_invalid(rec, _internal(rec, exc))
 
 
-def _invalid(rec: Record, err: DecodeError) -> InvalidMessage:
+def as_invalid(rec: Record, err: DecodeError) -> InvalidMessage:
+    """The dead letter of ``rec``, refused for ``err``."""
     return InvalidMessage(
         topic=rec.topic,
         partition=rec.partition,

@@ -20,7 +20,7 @@ from stream_infer.model.card import ModelCard
 from stream_infer.pipeline.control import has_control
 from stream_infer.service import Service
 from stream_infer.state.models import state_key
-from stream_infer.testing import LinearEngine, ListProducer
+from stream_infer.testing import LinearEngine, ListProducer, linear_card
 
 W, F, L, HD = 3, 2, 1, 4
 H = [[0.5, -0.25, 0.125, 1.0]]  # a given h0, [L, Hd]
@@ -35,17 +35,7 @@ SLOPES = {"main": 0.5, "can": 0.7, "shad": 0.9}
 
 
 def card(name: str) -> ModelCard:
-    return ModelCard(
-        name=name,
-        version="1",
-        kind="sensor",
-        window=W,
-        hop=1,
-        sample_shape=[F],
-        labels=["a", "b"],
-        lstm_layers=L,
-        hidden_size=HD,
-    )
+    return linear_card(name, W, F, L, HD)
 
 
 class Stream:

@@ -15,23 +15,13 @@ from stream_infer.model.card import ModelCard
 from stream_infer.pipeline.routing import PRIMARY, Router, bucket
 from stream_infer.service import Service
 from stream_infer.state.models import PLAIN, by_model, split_key, state_key
-from stream_infer.testing import LinearEngine, ListProducer
+from stream_infer.testing import LinearEngine, ListProducer, linear_card
 
 W, F, L, HD = 3, 2, 1, 4
 
 
 def card(name: str) -> ModelCard:
-    return ModelCard(
-        name=name,
-        version="1",
-        kind="sensor",
-        window=W,
-        hop=1,
-        sample_shape=[F],
-        labels=["a", "b"],
-        lstm_layers=L,
-        hidden_size=HD,
-    )
+    return linear_card(name, W, F, L, HD)
 
 
 MODELS = [

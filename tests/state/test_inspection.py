@@ -19,7 +19,6 @@ from stream_infer.errors import StateError
 from stream_infer.health import Health, serve_http
 from stream_infer.kafka.types import ConsumedRecord
 from stream_infer.metrics import Metrics
-from stream_infer.model.card import ModelCard
 from stream_infer.service import Service
 from stream_infer.state import codec
 from stream_infer.state.inspection import (
@@ -37,7 +36,7 @@ from stream_infer.state.inspection import (
     state_names,
 )
 from stream_infer.state.store import EntityView, ModelShape
-from stream_infer.testing import LinearEngine, ListProducer
+from stream_infer.testing import LinearEngine, ListProducer, linear_card
 
 W, F, L, HD = 3, 2, 1, 4
 SHAPE = ModelShape("old@1", W, 1, (F,), (L, HD))
@@ -199,17 +198,7 @@ def test_http_route_only_when_enabled():
         off.shutdown()
 
 
-CARD = ModelCard(
-    name="lin",
-    version="1",
-    kind="sensor",
-    window=W,
-    hop=1,
-    sample_shape=[F],
-    labels=["a", "b"],
-    lstm_layers=L,
-    hidden_size=HD,
-)
+CARD = linear_card("lin", W, F, L, HD)
 
 
 def make_service(entity_api: bool = True, max_entities: int = 10) -> tuple[Service, ListProducer]:
