@@ -77,8 +77,9 @@ def train(
         0.2,
         min=0.0,
         max=0.9,
-        help="Training groups held out to report accuracy on unseen groups; the model itself is then "
-        "trained on all training groups for the whole schedule (0: off).",
+        help="Share held out to report how the model does on data it never saw (classifiers: training "
+        "groups; forecasters: the latest hops of each recording); the model itself is then trained on "
+        "all of it for the whole schedule (0: off).",
     ),
     ensemble: int = typer.Option(
         1, min=1, help="Train N seeds and serve them as ONE model averaging their probabilities (1: off)."
@@ -125,12 +126,13 @@ def train(
                 window, hop = window or 5, hop or 1  # the shortest utterance has 7 frames
             elif dataset in _UEA_NEURO:
                 recs, default_name = datasets.uea_neuro(dataset), f"{dataset}-cnnlstm"
+                sample_rate = sample_rate or datasets.UEA_NEURO[dataset].sample_rate_hz
             else:
                 recs, default_name = datasets.basic_motions(), "basicmotions-cnnlstm"
                 sample_rate = sample_rate or 10.0  # BasicMotions is sampled at 10 Hz
             for note in recs.notes:
                 typer.echo(f"note: {note}", err=True)
-            w, k = _window_and_hop(window, hop, sample_rate)
+            w, k = _window_and_hop(window, hop, sample_rate, min(len(v) for v in recs.subset("train").values))
             card = training.train_sensor_seeds(
                 recs,
                 out,
@@ -209,17 +211,24 @@ def train(
     typer.echo(_summary(card, out))
 
 
-def _window_and_hop(window: int | None, hop: int | None, rate: float | None) -> tuple[int, int]:
-    """W and k as given, else 2 s of samples and half of that at ``rate`` (20 and 10 without one);
-    said on stderr so the choice is never silent."""
-    w = window or (max(1, round(2.0 * rate)) if rate else 20)
+def _window_and_hop(
+    window: int | None, hop: int | None, rate: float | None, shortest: int
+) -> tuple[int, int]:
+    """W and k as given, else 2 s of samples at ``rate`` (20 samples without one), at most half the
+    shortest training recording, and k = W / 2: a window of a fixed number of samples was 2 s at
+    10 Hz but 50 ms at 400 Hz, too short to hold the slow activity such recordings carry, and a
+    window longer than a recording gives it no hop at all. Said on stderr: never silent."""
+    wanted = max(1, round(2.0 * rate)) if rate else 20
+    w = window or min(wanted, max(1, shortest // 2))
     k = hop or max(1, w // 2)
+    why = "" if window or w == wanted else f": half the shortest training recording, {shortest} samples"
     if rate:
         typer.echo(
-            f"window {w} samples ({w / rate:g} s at {rate:g} Hz), hop {k} samples ({k / rate:g} s)", err=True
+            f"window {w} samples ({w / rate:g} s at {rate:g} Hz{why}), hop {k} samples ({k / rate:g} s)",
+            err=True,
         )
     else:
-        typer.echo(f"window {w} samples, hop {k} samples (no --sample-rate given)", err=True)
+        typer.echo(f"window {w} samples (no --sample-rate given{why}), hop {k} samples", err=True)
     return w, k
 
 
@@ -237,6 +246,12 @@ def _summary(card: Any, out: Path) -> str:
             f"on all groups): at_end={val['at_end']:.3f}, per_hop={val['per_hop']:.3f}, loss {val['loss']:.3f} "
             f"(best {val['best_loss']:.3f} at epoch {val['best_epoch']} of {val['epochs']}, "
             f"noise ±{val['loss_noise']:.3f} per epoch)"
+        )
+    if vm := card.training.get("validation_mae"):
+        line += (
+            f"; validation on the latest {vm['fraction']:.0%} of each training recording, reported only "
+            f"(the model is trained on every hop): MAE {vm['mae']:.4g} (best {vm['best_mae']:.4g} at epoch "
+            f"{vm['best_epoch']} of {vm['epochs']}, noise ±{vm['mae_noise']:.2g} per epoch)"
         )
     if ens := card.training.get("ensemble"):
         each = ", ".join(f"{m['at_end']:.3f}" for m in ens["members"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -61,3 +63,17 @@ def test_the_forecaster_is_deterministic_given_the_seed() -> None:
 def test_a_validation_fraction_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(DataError, match="val_fraction"):
         fit_forecaster(_series(), val_fraction=1.0, **SMALL)  # type: ignore[arg-type]
+
+
+def test_the_train_summary_line_says_what_the_forecasters_validation_measured() -> None:
+    """The last line of ``train`` reports the hold-out MAE, its best epoch and its noise."""
+    from types import SimpleNamespace
+
+    from stream_infer.cli import _summary
+
+    _, training, accuracy = fit_forecaster(_series(), val_fraction=0.2, **SMALL)  # type: ignore[arg-type]
+    card = SimpleNamespace(model_id="co2@1+x", head_kind="forecast", accuracy=accuracy, training=training)
+    line = _summary(card, Path("out"))
+    val = training["validation_mae"]
+    assert "latest 20% of each training recording" in line
+    assert f"MAE {val['mae']:.4g}" in line and f"at epoch {val['best_epoch']} of 2" in line

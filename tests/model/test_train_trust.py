@@ -157,3 +157,18 @@ def test_an_ensemble_is_one_graph_averaging_its_members_with_every_members_state
     want = sum(torch.softmax(torch.from_numpy(predict_recording(m, values, 20, 10)), 1) for m in (m0, m1)) / 2
     assert seed0.accuracy["per_hop"] == ens["members"][0]["per_hop"]
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+def test_the_default_window_is_two_seconds_at_most_half_the_shortest_recording(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """2 s of samples at the rate, capped so the shortest training recording still gives three
+    hops; a window the user gives is kept as given."""
+    from stream_infer.cli import _window_and_hop
+
+    assert _window_and_hop(None, None, 10.0, 100) == (20, 10)  # BasicMotions: 2 s
+    assert _window_and_hop(None, None, 400.0, 400) == (200, 100)  # 1 s recordings at 400 Hz
+    assert "0.5 s at 400 Hz: half the shortest training recording, 400 samples" in capsys.readouterr().err
+    assert _window_and_hop(None, None, None, 30) == (15, 7)
+    assert _window_and_hop(50, None, 400.0, 30) == (50, 25)  # as given
+    assert _window_and_hop(None, 3, None, 1000) == (20, 3)

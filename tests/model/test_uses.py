@@ -112,14 +112,18 @@ def test_japanese_vowels_trains_and_every_utterance_gets_a_prediction(tmp_path: 
 def test_fingerspelling_is_26_letters_of_real_signers_as_hand_frames() -> None:
     recs = fingerspelling()
     assert len(recs) == 410 and recs.classes == [chr(c) for c in range(ord("A"), ord("Z") + 1)]
-    assert {v.shape[1:] for v in recs.values} == {(2, 32, 32)}
+    assert {v.shape[1:] for v in recs.values} == {(6, 32, 32)} and len(recs.channels) == 6
     assert min(len(v) for v in recs.values) >= 17
+    assert all(np.isfinite(v).all() and v.min() >= 0 and v.max() <= 255 for v in recs.values)
     for letter in recs.classes:  # a quarter of each letter's clips held out
         n = recs.labels.count(letter)
         held = sum(1 for x, s in zip(recs.labels, recs.split, strict=True) if x == letter and s == "test")
         assert held == round(0.25 * n)
-    lit = np.mean([(v[:, 0] > 0).mean() for v in recs.values])
-    assert 0.01 < lit < 0.2  # a skeleton, not an empty or a full image
+    for finger in range(5):  # each finger a thin skeleton of its own, not an empty or a full image
+        lit = np.mean([(v[:, finger] > 0).mean() for v in recs.values])
+        assert 0.002 < lit < 0.1
+    shades = np.concatenate([v[:, :5][v[:, :5] > 0] for v in recs.values[:40]])
+    assert np.ptp(shades) > 100  # brightness tells near from far
     assert fingerspelling(seed=1).split != recs.split
 
 
@@ -128,7 +132,7 @@ def test_the_fingerspelling_model_is_scored_by_evaluate_as_in_training(tmp_path:
 
     recs = fingerspelling()
     card = train_frame_sequences(recs, tmp_path / "fs", epochs=1, hidden=16, conv_channels=8, progress=False)
-    assert card.kind == "frame" and card.sample_shape == [2, 32, 32]
+    assert card.kind == "frame" and card.sample_shape == [6, 32, 32]
     assert card.accuracy["chance"] == pytest.approx(1 / 26)
     test = recs.subset("test")
     r = ev.evaluate(card, test, ev.replay(tmp_path / "fs", test))
