@@ -78,7 +78,10 @@ class CNNLSTM(nn.Module):
 
 
 class SensorCNNLSTM(CNNLSTM):
-    """Conv1d encoder over a [W, F] window: two conv layers, then mean+max pooling over time."""
+    """Conv1d encoder over a [W, F] window: two conv layers, then mean+max pooling over time.
+
+    ``dropout`` drops window features while training only (the served graph has none, and no
+    weights come with it, so every artifact loads the same)."""
 
     input_ndim = 2
 
@@ -91,6 +94,7 @@ class SensorCNNLSTM(CNNLSTM):
         conv_channels: int = 32,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        dropout: float = 0.0,
     ) -> None:
         c = conv_channels
         super().__init__(
@@ -107,11 +111,12 @@ class SensorCNNLSTM(CNNLSTM):
             nn.Conv1d(c, 2 * c, kernel_size=5, padding=2),
             nn.ReLU(),
         )
+        self.feature_dropout = nn.Dropout(dropout)  # no weights: artifacts load as before
 
     def encode(self, x: Tensor) -> Tensor:
         z = ((x - self.norm_mean) / self.norm_std).transpose(1, 2)  # [N, F, W]
         z = self.encoder(z)  # [N, 2c, W]
-        return torch.cat([z.mean(dim=2), z.amax(dim=2)], dim=1)
+        return self.feature_dropout(torch.cat([z.mean(dim=2), z.amax(dim=2)], dim=1))
 
 
 class FrameCNNLSTM(CNNLSTM):

@@ -59,3 +59,18 @@ def test_build_model_from_card() -> None:
     model = build_model(card)
     assert isinstance(model, SensorCNNLSTM)
     assert model.lstm.num_layers == 2 and model.lstm.hidden_size == 16 and model.head.out_features == 2
+
+
+def test_feature_dropout_acts_while_training_only_and_carries_no_weights() -> None:
+    """The served graph (eval mode) is the model without dropout, weight for weight."""
+    torch.manual_seed(0)
+    with_dropout = SensorCNNLSTM(3, 4, hidden=8, conv_channels=4, dropout=0.5)
+    plain = SensorCNNLSTM(3, 4, hidden=8, conv_channels=4)
+    assert with_dropout.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(with_dropout.state_dict())
+    x = torch.randn(5, 20, 3)
+    with_dropout.eval()
+    assert torch.equal(with_dropout.encode(x), plain.eval().encode(x))
+    with_dropout.train()
+    dropped = with_dropout.encode(x)
+    assert (dropped == 0).float().mean() > 0.3 and not torch.equal(dropped, plain.encode(x))

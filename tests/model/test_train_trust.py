@@ -123,7 +123,8 @@ def test_cli_derives_window_and_hop_from_the_sample_rate_and_ends_in_a_summary(t
     write_user_dataset(tmp_path / "data", per_class=2)
     args = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"]
     result = runner.invoke(
-        app, [*args, "--sample-rate", "5", "--epochs", "3", "--hidden", "8", "--seeds", "2"]
+        app,
+        [*args, "--sample-rate", "5", "--epochs", "3", "--hidden", "8", "--seeds", "2", "--dropout", "0.3"],
     )
     assert result.exit_code == 0, result.output
     assert "window 10 samples (2 s at 5 Hz), hop 5 samples (1 s)" in result.output
@@ -133,6 +134,7 @@ def test_cli_derives_window_and_hop_from_the_sample_rate_and_ends_in_a_summary(t
     )
     card = json.loads((tmp_path / "out" / "model.json").read_text())
     assert (card["window"], card["hop"], card["sample_rate_hz"]) == (10, 5, 5.0)
+    assert card["training"]["dropout"] == 0.3
 
 
 def test_an_ensemble_is_one_graph_averaging_its_members_with_every_members_state(tmp_path: Path) -> None:
