@@ -44,17 +44,38 @@ def _ecg(out: Path) -> tuple[ModelCard, Recordings]:
 
 
 def _ecg_ensemble(out: Path) -> tuple[ModelCard, Recordings]:
-    """Three members served as one graph (their states stacked, their probabilities averaged)."""
+    """Three members served as one graph (their states stacked, their probabilities averaged),
+    brought in as a user brings any graph: ``stream-infer import`` of its ONNX file and a card."""
     from stream_infer.model.datasets import ecg5000
+    from stream_infer.model.importer import import_onnx
     from stream_infer.model.train import train_sensor
 
     full = ecg5000()
     train = [i for i, s in enumerate(full.split) if s == "train"][:120]
     test = [i for i, s in enumerate(full.split) if s == "test"][:24]
     recs = full.select(train + test)  # a part: this checks serving, not accuracy
-    card = train_sensor(recs, out, window=20, hop=10, epochs=2, hidden=16, progress=False, ensemble=3)
+    trained = out.parent / "trained"
+    card = train_sensor(recs, trained, window=20, hop=10, epochs=2, hidden=16, progress=False, ensemble=3)
     assert card.ensemble == 3 and card.lstm_layers == 3
-    return card, recs.subset("test")
+    state = [3, card.hidden_size]
+    imported = import_onnx(
+        trained / "model.onnx",
+        {
+            "name": "ecg-ensemble", "version": "1", "kind": "sensor", "window": 20, "hop": 10,
+            "sample_shape": card.sample_shape, "labels": card.labels, "input": "x", "output": "y",
+            "state": [
+                {"input": "h0", "output": "hn", "shape": state, "batch_axis": 1},
+                {"input": "c0", "output": "cn", "shape": state, "batch_axis": 1},
+            ],
+        },
+        out,
+    )  # fmt: skip
+    test_recs = recs.subset("test")
+    want = {(p["entity"], p["seq"]): output_of(p) for p in evaluate.replay(trained, test_recs)}
+    got = {(p["entity"], p["seq"]): output_of(p) for p in evaluate.replay(out, test_recs)}
+    assert got.keys() == want.keys() and want
+    np.testing.assert_allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(want)], atol=1e-6)
+    return imported, test_recs
 
 
 def _fingerspelling(out: Path) -> tuple[ModelCard, Recordings]:
