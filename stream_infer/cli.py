@@ -224,9 +224,8 @@ def _window_and_hop(
     window: int | None, hop: int | None, rate: float | None, shortest: int
 ) -> tuple[int, int]:
     """W and k as given, else 2 s of samples at ``rate`` (20 samples without one), at most half the
-    shortest training recording, and k = W / 2: a window of a fixed number of samples was 2 s at
-    10 Hz but 50 ms at 400 Hz, too short to hold the slow activity such recordings carry, and a
-    window longer than a recording gives it no hop at all. Said on stderr: never silent."""
+    shortest training recording so it still gives three hops (a window longer than a recording
+    gives it none), and k = W / 2. Said on stderr, with the reason when the cap bit: never silent."""
     wanted = max(1, round(2.0 * rate)) if rate else 20
     w = window or min(wanted, max(1, shortest // 2))
     k = hop or max(1, w // 2)
